@@ -1,0 +1,1 @@
+"""Modality plugins shipped with unidistill; each registers through the ``unidistill.modalities`` entry point."""

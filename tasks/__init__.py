@@ -1,0 +1,1 @@
+"""Concrete small tasks: data, teacher recipes, shipped tiny teachers and evaluation protocols."""

@@ -1,0 +1,159 @@
+"""The ``unidistill`` command: LightningCLI's ``fit/validate/test/predict`` from YAML, plus
+
+* ``bench``  teacher vs student table (quality per NFE and measured speed) for a config and checkpoint;
+* ``export`` the student (EMA when kept) through the modality's exporter (safetensors + config by default);
+* ``demo``   the README's main job: distil the default task, then print the teacher vs student table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from unidistill.bench import compare, format_table, write_results
+from unidistill.checkpoint import safe_torch_load
+from unidistill.module import DistillationModule
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEMO_CONFIG = REPO_CONFIGS / "gmm" / "consistency.yaml"
+log = logging.getLogger("unidistill")
+
+
+class UnidistillCLI(LightningCLI):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        defaults = {
+            "plugins": [{"class_path": "unidistill.checkpoint.AtomicCheckpointIO"}],
+            "use_distributed_sampler": False,  # ResumableDataLoader shards by rank itself
+            "num_sanity_val_steps": 0,
+            "callbacks": [ModelCheckpoint(save_last=True, every_n_train_steps=None)],
+        }
+        defaults.update(kwargs.pop("trainer_defaults", {}) or {})
+        super().__init__(
+            DistillationModule,
+            L.LightningDataModule,
+            *args,
+            subclass_mode_data=True,
+            trainer_defaults=defaults,
+            save_config_kwargs={"overwrite": True},
+            **kwargs,
+        )
+
+
+def build(config: str | Path, overrides: list[str] | None = None) -> tuple[DistillationModule, L.LightningDataModule]:
+    """Instantiate the model and data of a YAML config without running anything."""
+    config = Path(config)
+    if not config.is_file():
+        raise FileNotFoundError(f"config file not found: {str(config)!r}")
+    cli = UnidistillCLI(args=["--config", str(config), *(overrides or [])], run=False)
+    return cli.model, cli.datamodule
+
+
+def load_weights(module: DistillationModule, ckpt: str | Path) -> None:
+    state = safe_torch_load(ckpt)
+    if "state_dict" not in state:
+        raise ValueError(f"{str(ckpt)!r} is not a unidistill/Lightning checkpoint (no 'state_dict')")
+    try:
+        module.load_state_dict(state["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {str(ckpt)!r} does not match the configured model: {err}") from err
+
+
+def reference_batch(module: DistillationModule, datamodule: L.LightningDataModule, limit: int | None) -> Any:
+    datamodule.setup("validate")
+    parts = [module.modality.to_batch(b) for b in datamodule.val_dataloader()]
+    x = torch.cat([p.x0 for p in parts])[:limit]
+    cond = torch.cat([p.cond for p in parts])[:limit] if isinstance(parts[0].cond, torch.Tensor) else parts[0].cond
+    return x, cond
+
+
+def run_bench(module: DistillationModule, datamodule: L.LightningDataModule, teacher: list[str], nfes: list[int],
+              samples: int | None, seeds: int, out: str | None, command: str, extra: dict | None = None) -> list[dict]:
+    module.eval()
+    module._sync_teacher_device()
+    x, cond = reference_batch(module, datamodule, samples)
+    runs = []
+    for spec in teacher:
+        solver, _, nfe = spec.partition(":")
+        if not nfe.isdigit():
+            raise ValueError(f"teacher run {spec!r} must look like SOLVER:NFE, e.g. heun:64")
+        runs.append((solver, int(nfe)))
+    rows = compare(module, cond, x, nfes, runs if module.teacher is not None else [], seeds=range(seeds))
+    print(format_table(rows))
+    if out:
+        path = write_results(Path(out).stem, command, rows, Path(out).parent, extra)
+        print(f"wrote {path}")
+    return rows
+
+
+def _bench_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--config", required=True, help="the YAML file used for `unidistill fit`")
+    p.add_argument("--ckpt", help="checkpoint to evaluate (default: the config's freshly built model)")
+    p.add_argument("--teacher", nargs="*", default=["ddim:1", "ddim:2", "ddim:4", "heun:64"],
+                   help="teacher runs as SOLVER:NFE")
+    p.add_argument("--nfes", nargs="*", type=int, default=[1, 2, 4], help="student NFEs")
+    p.add_argument("--samples", type=int, default=8192)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", help="write results JSON here (e.g. benchmarks/results/mine.json)")
+    return p
+
+
+def bench_main(argv: list[str]) -> None:
+    args = _bench_parser("unidistill bench").parse_args(argv)
+    module, dm = build(args.config)
+    if args.ckpt:
+        load_weights(module, args.ckpt)
+    run_bench(module, dm, args.teacher, args.nfes, args.samples, args.seeds, args.out,
+              "unidistill bench " + " ".join(argv))
+
+
+def export_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="unidistill export")
+    p.add_argument("--config", required=True)
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-ema", action="store_true", help="export the raw student instead of its EMA")
+    args = p.parse_args(argv)
+    module, _ = build(args.config)
+    load_weights(module, args.ckpt)
+    student = module.ema.module if (module.ema is not None and not args.no_ema) else module.student
+    files = module.modality.export(student, args.out)
+    print("\n".join(str(f) for f in files))
+
+
+def demo_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="unidistill demo", description="distil the default task and compare")
+    p.add_argument("--config", default=str(DEMO_CONFIG))
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--samples", type=int, default=8192)
+    p.add_argument("overrides", nargs="*", help="extra LightningCLI arguments, e.g. --trainer.max_steps=200")
+    args = p.parse_args(argv)
+    if not Path(args.config).is_file():
+        raise FileNotFoundError(f"demo config not found at {args.config!r}; run from a source checkout")
+    cli = UnidistillCLI(args=["fit", "--config", args.config, f"--trainer.default_root_dir={args.out}",
+                              *args.overrides])
+    print(f"\nteacher vs student ({type(cli.model.objective).__name__}, {cli.model.modality.name}):")
+    run_bench(cli.model, cli.datamodule, ["ddim:1", "ddim:2", "ddim:4", "heun:64"], [1, 2, 4], args.samples, 3,
+              str(Path(args.out) / "demo.json"), "unidistill demo " + " ".join(argv))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    torch.set_float32_matmul_precision("high")
+    commands = {"bench": bench_main, "export": export_main, "demo": demo_main}
+    if argv and argv[0] in commands:
+        commands[argv[0]](argv[1:])
+        return
+    UnidistillCLI(args=None if argv == sys.argv[1:] else argv)
+
+
+if __name__ == "__main__":
+    main()

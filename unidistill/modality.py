@@ -1,0 +1,173 @@
+"""The modality plugin contract and its registry.
+
+A modality owns everything shape- or domain-specific: the latent shape, the networks and their adapter,
+how the teacher is loaded and the student built, encode/decode between data and latents, conditions and
+the null condition, the noise prior, metrics and how samples are saved. The core only calls these hooks.
+
+Plugins are found by name through the ``unidistill.modalities`` entry-point group, so a third-party
+package distils a new domain by shipping a ``Modality`` subclass and declaring, in its pyproject::
+
+    [project.entry-points."unidistill.modalities"]
+    mydomain = "my_package.plugin:MyModality"
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from importlib.metadata import entry_points
+from pathlib import Path as FilePath
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from unidistill.denoiser import Denoiser
+from unidistill.objectives.base import Batch
+
+ENTRY_POINT_GROUP = "unidistill.modalities"
+_REGISTRY: dict[str, type[Modality]] = {}
+
+
+class Modality(ABC):
+    """Base class of every plugin. Subclasses set ``name`` and implement the abstract hooks."""
+
+    name: str = ""
+    #: causal modalities (streaming video) expose chunking and a KV cache on their networks
+    causal: bool = False
+
+    @property
+    @abstractmethod
+    def latent_shape(self) -> tuple[int, ...]:
+        """The trailing shape ``S`` of a latent ``[B, *S]``."""
+
+    @abstractmethod
+    def new_denoiser(self) -> Denoiser:
+        """A freshly initialised trainable denoiser (teacher training, or a new-architecture student)."""
+
+    @abstractmethod
+    def load_teacher(self) -> Denoiser:
+        """The frozen teacher. Raise ``FileNotFoundError`` naming the missing path when weights are absent."""
+
+    def build_student(self, teacher: Denoiser, guidance_conditioned: bool = False) -> Denoiser:
+        """The student, by default a trainable copy of the teacher network.
+
+        ``guidance_conditioned`` asks for a student that takes the guidance scale as an input
+        (the network must offer ``enable_guidance_conditioning()``).
+        """
+        student = copy.deepcopy(teacher)
+        student.network.train()
+        student.network.requires_grad_(True)
+        if guidance_conditioned:
+            enable = getattr(student.network, "enable_guidance_conditioning", None)
+            if enable is None:
+                raise ValueError(
+                    f"{type(student.network).__name__} cannot take a guidance-scale input; "
+                    "use a fixed guidance_scale instead of guidance_range"
+                )
+            enable()
+        return student
+
+    def to_batch(self, data: Any) -> Batch:
+        """Turn what the dataloader yields into a latent ``Batch`` (encoding data if needed)."""
+        if isinstance(data, Batch):
+            batch = data
+        elif isinstance(data, dict):
+            batch = Batch(self.encode(data["x"]) if "x" in data else None, data.get("cond"), data.get("mask"),
+                          size=int(data.get("size", 0)))
+        elif isinstance(data, (tuple, list)):
+            batch = Batch(self.encode(data[0]), data[1] if len(data) > 1 else None)
+        else:
+            batch = Batch(self.encode(data))
+        if batch.x0 is not None:
+            self.check_latents(batch.x0)
+        return batch
+
+    def check_latents(self, x: Tensor) -> None:
+        if tuple(x.shape[1:]) != tuple(self.latent_shape):
+            raise ValueError(
+                f"{self.name or type(self).__name__}: latent of shape {tuple(x.shape)} does not match "
+                f"the modality's latent shape [B, {', '.join(map(str, self.latent_shape))}]"
+            )
+
+    def encode(self, data: Tensor) -> Tensor:
+        return data
+
+    def decode(self, latents: Tensor) -> Any:
+        return latents
+
+    def null_condition(self, cond: Any) -> Any:
+        """The null condition for classifier-free guidance; the default modality is unconditional."""
+        return cond
+
+    def prior(self, n: int, cond: Any, generator: torch.Generator) -> Tensor | None:
+        """The student's starting latent; ``None`` means unit Gaussian noise of the latent shape."""
+        return None
+
+    @abstractmethod
+    def metrics(self, samples: Tensor, cond: Any, reference: Tensor | None) -> dict[str, float]:
+        """Quality of ``samples`` (latents) given their conditions and held-out reference latents."""
+
+    def save_samples(self, samples: Tensor, cond: Any, out_dir: str | FilePath) -> list[FilePath]:
+        """Write samples for people to look at; the default stores the raw latents as safetensors."""
+        from safetensors.torch import save_file
+
+        out = FilePath(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "samples.safetensors"
+        save_file({"samples": samples.detach().cpu().contiguous()}, str(path))
+        return [path]
+
+    def export(self, student: Denoiser, out_dir: str | FilePath) -> list[FilePath]:
+        """Write the trained student for use outside unidistill; default: safetensors plus a JSON card."""
+        import json
+
+        from safetensors.torch import save_file
+
+        out = FilePath(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        weights = out / "student.safetensors"
+        state = {k: v.detach().cpu().contiguous() for k, v in student.network.state_dict().items()}
+        save_file(state, str(weights))
+        card = out / "student.json"
+        card.write_text(json.dumps({
+            "modality": self.name, "network": type(student.network).__name__, "path": repr(student.path),
+            "prediction": student.prediction, "latent_shape": list(self.latent_shape),
+        }, indent=2))
+        return [weights, card]
+
+    def time_shape(self, batch_size: int) -> tuple[int, ...] | None:
+        """The shape of time the networks take; ``None`` means ``[B]``."""
+        return None
+
+
+def register_modality(name: str):
+    """Class decorator registering a modality in-process (entry points do the same across packages)."""
+
+    def deco(cls: type[Modality]) -> type[Modality]:
+        cls.name = cls.name or name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_modalities() -> list[str]:
+    return sorted(set(_REGISTRY) | set(_entry_points()))
+
+
+def get_modality_class(name: str) -> type[Modality]:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    eps = _entry_points()
+    if name not in eps:
+        raise KeyError(f"no modality named {name!r}; available: {', '.join(available_modalities()) or 'none'}")
+    cls = eps[name].load()
+    if not (isinstance(cls, type) and issubclass(cls, Modality)):
+        raise TypeError(f"entry point {name!r} gives {cls!r}, which is not a unidistill Modality subclass")
+    _REGISTRY[name] = cls
+    return cls

@@ -1,0 +1,298 @@
+"""DistillationModule: the only LightningModule. It builds the roles, runs an objective's update plan
+with manual optimization, keeps the EMA, samples during validation and checkpoints everything a resumed
+run needs to continue exactly (the pattern of stable-audio-tools' multi-network training wrappers)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path as FilePath
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from unidistill.data import ResumableDataLoader
+from unidistill.denoiser import GuidedDenoiser
+from unidistill.modality import Modality
+from unidistill.objectives.base import Batch, Context, Objective, check_finite
+from unidistill.solvers import SOLVERS, SampleResult, initial_latent, sample
+
+log = logging.getLogger(__name__)
+
+
+def _mix_seed(*parts: int) -> int:
+    seed = 0x9E3779B97F4A7C15
+    for p in parts:
+        seed = (seed * 6364136223846793005 + int(p) + 1442695040888963407) % (1 << 63)
+    return seed
+
+
+class DistillationModule(L.LightningModule):
+    """Distil (or, with ``DenoisingObjective``, train) a denoiser for one modality with one objective.
+
+    Args:
+        modality: the plugin (latents, networks, teacher, metrics).
+        objective: what to optimise; declares roles and the per-iteration update plan.
+        learning_rate: AdamW learning rate of every role unless ``role_learning_rates`` overrides it.
+        ema_decay: decay of the student's evaluation EMA (``None`` disables it).
+        grad_clip: max gradient norm per role update (``None`` disables clipping).
+        accumulate_grad_batches: optimizer steps every this many batches.
+        seed: root of every random draw of training (per iteration, per rank).
+        val_nfes: student NFEs sampled and scored at each validation.
+        val_teacher_nfes: teacher NFEs also scored at validation (empty to skip).
+        teacher_guidance: the guidance scale used when sampling the teacher.
+        teacher_solver: solver for teacher sampling.
+    """
+
+    def __init__(
+        self,
+        modality: Modality,
+        objective: Objective,
+        learning_rate: float = 1e-4,
+        role_learning_rates: dict[str, float] | None = None,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        ema_decay: float | None = 0.999,
+        grad_clip: float | None = 1.0,
+        accumulate_grad_batches: int = 1,
+        seed: int = 0,
+        val_nfes: list[int] | None = None,
+        val_teacher_nfes: list[int] | None = None,
+        teacher_guidance: float = 1.0,
+        teacher_solver: str = "heun",
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.modality, self.objective = modality, objective
+        self.learning_rate, self.role_learning_rates = learning_rate, dict(role_learning_rates or {})
+        self.weight_decay, self.betas = weight_decay, tuple(betas)
+        self.grad_clip, self.accumulate = grad_clip, accumulate_grad_batches
+        self.seed = seed
+        self.val_nfes = list(val_nfes if val_nfes is not None else [1, 2, 4])
+        self.val_teacher_nfes = list(val_teacher_nfes or [])
+        self.teacher_guidance, self.teacher_solver = teacher_guidance, teacher_solver
+        if teacher_solver not in SOLVERS:
+            raise ValueError(f"unknown teacher_solver {teacher_solver!r}; valid: {', '.join(SOLVERS)}")
+        if accumulate_grad_batches < 1:
+            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+
+        teacher = modality.load_teacher() if objective.needs_teacher else None
+        # The teacher is kept out of the module's registered children: never in a checkpoint, never
+        # wrapped by DDP, never touched by an optimizer.
+        self._teacher: list[nn.Module] = [teacher] if teacher is not None else []
+        guided = getattr(objective, "guidance_range", None) is not None
+        self.student = modality.build_student(teacher, guided) if teacher is not None else modality.new_denoiser()
+        self.aux = nn.ModuleDict(objective.build_roles(self.student, teacher))
+        unknown = [r for r in objective.trainable_roles if r != "student" and r not in self.aux]
+        if unknown:
+            raise ValueError(f"{objective.name} declares roles {unknown} but build_roles() did not create them")
+        self.ema = self._averaged(ema_decay)
+        self.target = self._averaged(objective.target_decay)
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+        self._val_outputs: dict[str, list[tuple[Tensor, Any, Tensor | None]]] = {}
+
+    def _averaged(self, decay: float | None) -> AveragedModel | None:
+        if decay is None:
+            return None
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"an EMA decay must be in [0, 1), got {decay}")
+        avg = AveragedModel(self.student, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        avg.requires_grad_(False)
+        return avg
+
+    # --- roles -------------------------------------------------------------------------------
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    def _sync_teacher_device(self) -> None:
+        if self._teacher:
+            self._teacher[0].to(self.device)
+
+    def on_fit_start(self) -> None:
+        self._sync_teacher_device()
+
+    def on_validation_start(self) -> None:
+        self._sync_teacher_device()
+
+    def on_test_start(self) -> None:
+        self._sync_teacher_device()
+
+    def on_predict_start(self) -> None:
+        self._sync_teacher_device()
+
+    def role_module(self, role: str) -> nn.Module:
+        return self.student if role == "student" else self.aux[role]
+
+    def roles(self) -> dict[str, nn.Module]:
+        roles: dict[str, nn.Module] = {"student": self.student, **dict(self.aux)}
+        if self.teacher is not None:
+            roles["teacher"] = self.teacher
+        if self.target is not None:
+            roles["target"] = self.target.module
+        return roles
+
+    def context(self, iteration: int) -> Context:
+        rank = self.global_rank if self._trainer is not None else 0
+        return Context(
+            roles=self.roles(),
+            latent_shape=tuple(self.modality.latent_shape),
+            generator=torch.Generator(self.device).manual_seed(_mix_seed(self.seed, iteration, rank)),
+            shared_generator=torch.Generator(self.device).manual_seed(_mix_seed(self.seed, iteration, -1)),
+            iteration=iteration,
+            null_condition=self.modality.null_condition,
+            prior=self._prior,
+            device=self.device,
+        )
+
+    def _prior(self, n: int, cond: Any, generator: torch.Generator) -> Tensor:
+        x = self.modality.prior(n, cond, generator)
+        if x is None:
+            x = torch.randn((n, *self.modality.latent_shape), generator=generator, device=self.device)
+        return x
+
+    # --- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        opts = []
+        for role in self.objective.trainable_roles:
+            params = [p for p in self.role_module(role).parameters() if p.requires_grad]
+            if not params:
+                raise ValueError(f"role {role!r} of {self.objective.name} has no trainable parameters")
+            lr = self.role_learning_rates.get(role, self.learning_rate)
+            opts.append(torch.optim.AdamW(params, lr=lr, betas=self.betas, weight_decay=self.weight_decay))
+        return opts
+
+    def _optimizers_by_role(self) -> dict[str, Any]:
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        return dict(zip(self.objective.trainable_roles, opts))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        loader = self.trainer.train_dataloader
+        if isinstance(loader, ResumableDataLoader):
+            loader.mark_consumed(self.current_epoch, batch_idx + 1)
+
+    def training_step(self, data: Any, batch_idx: int) -> None:
+        batch = self.modality.to_batch(data)
+        iteration = int(self.iteration)
+        ctx = self.context(iteration)
+        opts = self._optimizers_by_role()
+        step_now = (batch_idx + 1) % self.accumulate == 0
+        for role in self.objective.plan(iteration):
+            out = self.objective.loss(role, batch, ctx)
+            try:
+                check_finite(self.objective, role, iteration, out)
+            except FloatingPointError:
+                self._save_last_good()
+                raise
+            self.manual_backward(out.loss / self.accumulate)
+            for name, value in out.logs.items():
+                self.log(f"train/{role}/{name}", value, prog_bar=(name == "loss"), batch_size=batch.size)
+            self.log(f"train/{role}/loss", out.loss.detach(), prog_bar=True, batch_size=batch.size)
+            if step_now:
+                opt = opts[role]
+                if self.grad_clip is not None:
+                    self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+                opt.step()
+                for o in opts.values():
+                    o.zero_grad(set_to_none=True)
+                if role == "student":
+                    self._update_averages()
+        if step_now:
+            self.iteration += 1
+
+    def _update_averages(self) -> None:
+        for avg in (self.ema, self.target):
+            if avg is not None:
+                avg.update_parameters(self.student)
+
+    def _save_last_good(self) -> None:
+        if self._trainer is None:
+            return
+        path = FilePath(self.trainer.default_root_dir) / "last_good.ckpt"
+        self.trainer.save_checkpoint(str(path))
+        log.error("non-finite loss: saved the last good state to %s", path)
+
+    # --- checkpoint state that Lightning does not keep ------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["unidistill_rng"] = {
+            "torch": torch.get_rng_state(),
+            "python": torch.tensor(list(random.getstate()[1]), dtype=torch.int64),
+            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("unidistill_rng")
+        if rng is None:
+            return
+        torch.set_rng_state(rng["torch"])
+        state = tuple(int(v) for v in rng["python"].tolist())
+        random.setstate((3, state, None))
+        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), 0, 0, 0.0))
+
+    # --- sampling ----------------------------------------------------------------------------
+    def student_model(self, use_ema: bool = True) -> nn.Module:
+        net = self.ema.module if (use_ema and self.ema is not None) else self.student
+        return self.objective.sampling_model(net)
+
+    @torch.no_grad()
+    def sample_student(self, cond: Any, n: int, nfe: int, generator: torch.Generator, use_ema: bool = True) -> SampleResult:
+        model = self.student_model(use_ema)
+        noise = self._prior(n, cond, generator)
+        return sample(model, noise, nfe, cond, solver=self.objective.student_solver, generator=generator,
+                      time_shape=self.modality.time_shape(n))
+
+    @torch.no_grad()
+    def sample_teacher(self, cond: Any, n: int, nfe: int, generator: torch.Generator, solver: str | None = None,
+                       guidance: float | None = None) -> SampleResult:
+        if self.teacher is None:
+            raise ValueError("this run has no teacher (teacher training); sample the student instead")
+        scale = self.teacher_guidance if guidance is None else guidance
+        model = GuidedDenoiser(self.teacher, scale, self.modality.null_condition)
+        noise = self._prior(n, cond, generator)
+        solver = solver or self.teacher_solver
+        if solver == "heun":
+            # Heun spends 2 NFE per step (1 on the last); choose the step count that fits the budget.
+            steps = max(1, (nfe // model.nfe_per_call + 1) // 2)
+        else:
+            steps = max(1, nfe // model.nfe_per_call)
+        grid = model.path.time_grid(steps, device=noise.device)
+        return SOLVERS[solver](model, initial_latent(model.path, noise, float(grid[0])), grid, cond,
+                               generator=generator, time_shape=self.modality.time_shape(n))
+
+    # --- validation --------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = {}
+
+    def validation_step(self, data: Any, batch_idx: int) -> None:
+        batch = self.modality.to_batch(data)
+        g = torch.Generator(self.device).manual_seed(_mix_seed(self.seed, 10_000 + batch_idx, self.global_rank))
+        runs = {f"student_nfe{n}": (lambda n=n: self.sample_student(batch.cond, batch.size, n, g)) for n in self.val_nfes}
+        if self.teacher is not None:
+            runs |= {f"teacher_nfe{n}": (lambda n=n: self.sample_teacher(batch.cond, batch.size, n, g))
+                     for n in self.val_teacher_nfes}
+        for key, run in runs.items():
+            self._val_outputs.setdefault(key, []).append((run().x, batch.cond, batch.x0))
+
+    def on_validation_epoch_end(self) -> None:
+        for key, parts in self._val_outputs.items():
+            samples = torch.cat([p[0] for p in parts])
+            cond = _cat_cond([p[1] for p in parts])
+            ref = None if parts[0][2] is None else torch.cat([p[2] for p in parts])
+            for name, value in self.modality.metrics(samples, cond, ref).items():
+                self.log(f"val/{name}/{key}", value, sync_dist=True)
+        self._val_outputs = {}
+
+
+def _cat_cond(conds: list[Any]) -> Any:
+    if conds[0] is None:
+        return None
+    if isinstance(conds[0], Tensor):
+        return torch.cat(conds)
+    if isinstance(conds[0], dict):
+        return {k: _cat_cond([c[k] for c in conds]) for k in conds[0]}
+    raise TypeError(f"cannot concatenate conditions of type {type(conds[0]).__name__}")

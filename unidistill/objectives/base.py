@@ -1,0 +1,172 @@
+"""The objective contract: roles, the per-iteration update plan, and a pure-PyTorch runner.
+
+An objective never touches Lightning. It declares
+
+* ``trainable_roles``: the roles that get an optimizer (always ``student``, plus e.g. ``fake_score``);
+* ``needs_teacher`` and ``target_decay`` (an EMA/stop-grad copy of the student kept by the caller);
+* ``build_roles``: auxiliary trainable networks it owns (a fake score, a discriminator head);
+* ``plan(iteration)``: which roles step, in which order, in one training iteration;
+* ``loss(role, batch, ctx)``: the loss for one role's update and named scalar logs.
+
+``run_iteration`` executes a plan with plain optimizers, so an objective is testable on random tensors;
+``DistillationModule`` runs the same plan with Lightning's manual optimization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from unidistill.denoiser import GuidedDenoiser
+
+
+@dataclass
+class Batch:
+    """One training batch in latent space: data ``x0`` (``None`` for data-free objectives), an opaque
+    condition, and an optional validity mask for ragged latents."""
+
+    x0: Tensor | None
+    cond: Any = None
+    mask: Tensor | None = None
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.x0 is not None:
+            self.size = self.x0.shape[0]
+        if self.size <= 0:
+            raise ValueError("a Batch needs x0 or a positive size")
+
+
+def _identity(cond: Any) -> Any:
+    return cond
+
+
+@dataclass
+class Context:
+    """What an objective may use during one iteration.
+
+    ``generator`` is this rank's (per-sample noise, times); ``shared_generator`` is identical on every
+    rank and must be used for any choice that changes the computation graph. ``latent_shape`` is the
+    trailing shape S; ``prior`` draws the starting latent for a batch (unit noise by default).
+    """
+
+    roles: dict[str, nn.Module]
+    latent_shape: tuple[int, ...]
+    generator: torch.Generator
+    shared_generator: torch.Generator
+    iteration: int = 0
+    null_condition: Callable[[Any], Any] = _identity
+    prior: Callable[[int, Any, torch.Generator], Tensor] | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def student(self) -> nn.Module:
+        return self.roles["student"]
+
+    @property
+    def teacher(self) -> nn.Module:
+        if "teacher" not in self.roles:
+            raise KeyError("this objective needs a teacher, but none was given")
+        return self.roles["teacher"]
+
+    def guided_teacher(self, scale: float) -> nn.Module:
+        return GuidedDenoiser(self.teacher, scale, self.null_condition)
+
+    def randn(self, shape: tuple[int, ...] | torch.Size) -> Tensor:
+        return torch.randn(tuple(shape), generator=self.generator, device=self.device, dtype=self.dtype)
+
+    def rand(self, shape: tuple[int, ...] | torch.Size) -> Tensor:
+        return torch.rand(tuple(shape), generator=self.generator, device=self.device, dtype=self.dtype)
+
+    def noise(self, batch: Batch) -> Tensor:
+        """Starting noise for the student: the modality's prior, else unit Gaussian of the latent shape."""
+        if self.prior is not None:
+            return self.prior(batch.size, batch.cond, self.generator)
+        return self.randn((batch.size, *self.latent_shape))
+
+
+class LossOutput(NamedTuple):
+    loss: Tensor
+    logs: dict[str, Tensor]
+
+
+class Objective:
+    """Base class; see the module docstring for the contract."""
+
+    trainable_roles: tuple[str, ...] = ("student",)
+    needs_teacher: bool = True
+    target_decay: float | None = None
+    #: how the trained student samples: a solver name from ``unidistill.solvers.SOLVERS``
+    student_solver: str = "consistency"
+
+    def build_roles(self, student: nn.Module, teacher: nn.Module | None) -> dict[str, nn.Module]:
+        """Auxiliary trainable roles (name -> module); the default objective has none."""
+        return {}
+
+    def plan(self, iteration: int) -> list[str]:
+        """Roles to update in this iteration, in order; the same role may appear several times."""
+        return list(self.trainable_roles)
+
+    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
+        raise NotImplementedError(f"{type(self).__name__} must implement loss()")
+
+    def sampling_model(self, student: nn.Module) -> nn.Module:
+        """The denoiser-like view of the student that few-step sampling uses (e.g. a consistency function)."""
+        return student
+
+    def unsupported_reason(self, latent_shape: tuple[int, ...], causal: bool) -> str | None:
+        """Why this objective cannot run on a modality, or ``None`` when it can."""
+        return None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+
+def check_finite(objective: Objective, role: str, iteration: int, out: LossOutput) -> None:
+    """Raise a clear error naming the objective, the loss term and the step when a loss is NaN/Inf."""
+    bad = [k for k, v in {"loss": out.loss, **out.logs}.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise FloatingPointError(
+            f"non-finite loss in objective {objective.name}, role {role!r}, term(s) {bad}, at iteration {iteration}"
+        )
+
+
+def run_iteration(
+    objective: Objective,
+    batch: Batch,
+    ctx: Context,
+    optimizers: dict[str, torch.optim.Optimizer],
+    grad_clip: float | None = None,
+    backward: Callable[[Tensor], None] | None = None,
+) -> dict[str, float]:
+    """Execute one iteration of ``objective.plan`` with plain optimizers; returns the logs.
+
+    Every optimizer's gradients are cleared before each update, so a loss that reaches another role's
+    parameters (e.g. a GAN term through the fake score) never leaks into that role's next step.
+    """
+    logs: dict[str, float] = {}
+    for role in objective.plan(ctx.iteration):
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        out = objective.loss(role, batch, ctx)
+        check_finite(objective, role, ctx.iteration, out)
+        (backward or Tensor.backward)(out.loss)
+        if grad_clip is not None:
+            params = [p for g in optimizers[role].param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizers[role].step()
+        logs.update({f"{role}/{k}": float(v) for k, v in out.logs.items()})
+        logs[f"{role}/loss"] = float(out.loss)
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    return logs
+
+
+def trainable_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
+    return (p for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,62 @@
+"""Teacher training: denoising score matching / flow matching on any path and prediction type.
+
+The network regresses its own prediction type's target at ``x_t = alpha x0 + sigma eps``
+(Ho et al., 2020, "Denoising Diffusion Probabilistic Models"; Lipman et al., 2023, "Flow Matching for
+Generative Modeling"). With ``cond_dropout > 0`` the condition is replaced by the null condition for
+that share of samples, which trains the unconditional branch classifier-free guidance needs
+(Ho & Salimans, 2022). The trained network is the "student" role here: there is no teacher yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective
+from unidistill.objectives.losses import squared_error
+from unidistill.timesteps import TimeSampler, UniformTime
+
+
+def drop_condition(cond: Any, null: Any, keep: torch.Tensor) -> Any:
+    """Per-sample mix of a condition and its null counterpart (tensors, or dicts/tuples of tensors)."""
+    if isinstance(cond, torch.Tensor):
+        k = keep.reshape(-1, *([1] * (cond.ndim - 1)))
+        return torch.where(k, cond, null)
+    if isinstance(cond, dict):
+        return {key: drop_condition(cond[key], null[key], keep) for key in cond}
+    if isinstance(cond, (tuple, list)):
+        return type(cond)(drop_condition(c, n, keep) for c, n in zip(cond, null))
+    if cond is None:
+        return None
+    raise TypeError(f"cannot drop a condition of type {type(cond).__name__}; use tensors, dicts or tuples of them")
+
+
+class DenoisingObjective(Objective):
+    """Train a denoiser from data. Losses are the per-sample mean squared error in the network's own
+    prediction space, optionally weighted by ``snr^{weight_power}`` of the path."""
+
+    needs_teacher = False
+    student_solver = "heun"
+
+    def __init__(self, time_sampler: TimeSampler | None = None, cond_dropout: float = 0.1) -> None:
+        if not 0.0 <= cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
+        self.time_sampler = time_sampler or UniformTime(t_min=1e-3)
+        self.cond_dropout = cond_dropout
+
+    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
+        if batch.x0 is None:
+            raise ValueError("DenoisingObjective needs data (batch.x0), got a data-free batch")
+        net = ctx.student
+        x0 = batch.x0
+        t = self.time_sampler(net.path, batch.size, ctx.generator).to(x0.device, x0.dtype)
+        eps = ctx.randn(x0.shape)
+        x_t = net.path.add_noise(x0, eps, t)
+        cond = batch.cond
+        if self.cond_dropout > 0 and cond is not None:
+            keep = ctx.rand((batch.size,)) >= self.cond_dropout
+            cond = drop_condition(cond, ctx.null_condition(cond), keep)
+        target = net.path.from_prediction((x0, eps), t, net.prediction)
+        per = squared_error(net.raw(x_t, t, cond), target, batch.mask)
+        return LossOutput(per.mean(), {"mse": per.mean().detach()})

@@ -1,0 +1,375 @@
+"""Probability paths ``x_t = alpha(t) x0 + sigma(t) eps`` and conversions between prediction types.
+
+Convention (DESIGN.md): ``t = 0`` is data, ``t = t_max`` is noise. Time may be ``[B]`` or ``[B, *T]``
+(e.g. one time per video frame); scalars are broadcast against a latent by appending trailing
+dimensions, never by assuming an image shape.
+
+A network's raw output is one of four prediction types:
+
+* ``eps``  the noise;
+* ``x0``   the clean sample;
+* ``v``    ``alpha eps - sigma x0`` (only defined when ``alpha^2 + sigma^2 = 1``; Salimans & Ho, 2022);
+* ``flow`` the conditional velocity ``d x_t / dt = alpha' x0 + sigma' eps`` (Lipman et al., 2023).
+
+Every path converts any of them to the canonical pair ``(x0, eps)`` and back.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+PredictionType = Literal["eps", "x0", "v", "flow"]
+PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v", "flow")
+_EPS = 1e-12
+
+
+def expand_like(a: Tensor, x: Tensor) -> Tensor:
+    """Broadcast a time-shaped tensor ``[B]`` or ``[B, *T]`` against ``x`` ``[B, *T, *rest]``."""
+    a = torch.as_tensor(a, device=x.device)
+    if a.ndim == 0:
+        a = a.expand(x.shape[0])
+    if a.ndim > x.ndim or tuple(a.shape) != tuple(x.shape[: a.ndim]):
+        raise ValueError(
+            f"time of shape {tuple(a.shape)} does not lead the latent shape {tuple(x.shape)}; "
+            "valid time shapes are [B] or a prefix [B, *T] of the latent's shape"
+        )
+    return a.reshape(*a.shape, *([1] * (x.ndim - a.ndim))).to(x.dtype)
+
+
+def check_prediction_type(prediction: str) -> str:
+    if prediction not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction type {prediction!r}; valid: {', '.join(PREDICTION_TYPES)}")
+    return prediction
+
+
+class Prediction(NamedTuple):
+    """The canonical output of a denoiser: the clean-sample and noise estimates at one ``(x_t, t)``."""
+
+    x0: Tensor
+    eps: Tensor
+
+
+class Path(ABC):
+    """A Gaussian probability path. Subclasses give ``alpha, sigma`` and their time derivatives."""
+
+    t_min: float = 0.0
+    t_max: float = 1.0
+
+    # --- schedule -------------------------------------------------------------------------
+    @abstractmethod
+    def alpha(self, t: Tensor) -> Tensor:
+        ...
+
+    @abstractmethod
+    def sigma(self, t: Tensor) -> Tensor:
+        ...
+
+    @abstractmethod
+    def d_alpha(self, t: Tensor) -> Tensor:
+        ...
+
+    @abstractmethod
+    def d_sigma(self, t: Tensor) -> Tensor:
+        ...
+
+    @abstractmethod
+    def t_from_noise_ratio(self, ratio: Tensor) -> Tensor:
+        """Invert ``sigma(t) / alpha(t) = ratio`` (the inverse square-root SNR)."""
+        ...
+
+    def noise_ratio(self, t: Tensor) -> Tensor:
+        return self.sigma(t) / self.alpha(t).clamp_min(_EPS)
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """``log(alpha / sigma)`` (half the log-SNR), the time variable of DPM-Solver."""
+        return torch.log(self.alpha(t).clamp_min(_EPS)) - torch.log(self.sigma(t).clamp_min(_EPS))
+
+    def time_grid(self, steps: int, t_start: float | None = None, device: Any = None) -> Tensor:
+        """``steps + 1`` decreasing times from ``t_start`` (default ``t_max``) to exactly 0."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        start = self.t_max if t_start is None else t_start
+        return torch.linspace(start, 0.0, steps + 1, dtype=torch.float64, device=device)
+
+    # --- forward process ------------------------------------------------------------------
+    def add_noise(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        return expand_like(self.alpha(t), x0) * x0 + expand_like(self.sigma(t), x0) * eps
+
+    def velocity(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """Conditional velocity ``alpha' x0 + sigma' eps``; for a ``Prediction`` it is the PF-ODE drift."""
+        return expand_like(self.d_alpha(t), x0) * x0 + expand_like(self.d_sigma(t), x0) * eps
+
+    # --- prediction conversions ----------------------------------------------------------
+    def _unit_variance(self, t: Tensor) -> None:
+        err = (self.alpha(t) ** 2 + self.sigma(t) ** 2 - 1).abs().max()
+        if err > 1e-4:
+            raise ValueError(
+                f"v-prediction needs alpha^2 + sigma^2 = 1, but {type(self).__name__} deviates by {float(err):.3g}; "
+                "use 'eps', 'x0' or 'flow' on this path"
+            )
+
+    def to_prediction(self, output: Tensor, x_t: Tensor, t: Tensor, prediction: str) -> Prediction:
+        """Convert a raw network output of type ``prediction`` into ``(x0, eps)``."""
+        check_prediction_type(prediction)
+        a, s = expand_like(self.alpha(t), x_t), expand_like(self.sigma(t), x_t)
+        if prediction == "x0":
+            return Prediction(output, (x_t - a * output) / s.clamp_min(_EPS))
+        if prediction == "eps":
+            return Prediction((x_t - s * output) / a.clamp_min(_EPS), output)
+        if prediction == "v":
+            self._unit_variance(t)
+            return Prediction(a * x_t - s * output, s * x_t + a * output)
+        da, ds = expand_like(self.d_alpha(t), x_t), expand_like(self.d_sigma(t), x_t)
+        # u = da x0 + ds eps and x_t = a x0 + s eps  =>  solve the 2x2 system (determinant a ds - s da).
+        det = a * ds - s * da
+        x0 = (ds * x_t - s * output) / det
+        eps = (a * output - da * x_t) / det
+        return Prediction(x0, eps)
+
+    def from_prediction(self, pred: Prediction, t: Tensor, prediction: str) -> Tensor:
+        """The raw output of type ``prediction`` that corresponds to ``(x0, eps)``."""
+        check_prediction_type(prediction)
+        x0, eps = pred
+        if prediction == "x0":
+            return x0
+        if prediction == "eps":
+            return eps
+        if prediction == "v":
+            self._unit_variance(t)
+            return expand_like(self.alpha(t), x0) * eps - expand_like(self.sigma(t), x0) * x0
+        return self.velocity(x0, eps, t)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class RectifiedFlow(Path):
+    """Rectified flow / flow matching: ``x_t = (1 - t) x0 + t eps`` (Liu et al., 2023; Lipman et al., 2023)."""
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return 1 - t
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return t
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        return -torch.ones_like(t)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    def t_from_noise_ratio(self, ratio: Tensor) -> Tensor:
+        return ratio / (1 + ratio)
+
+
+class VPCosine(Path):
+    """Variance-preserving cosine path ``alpha = cos(pi t / 2)``, ``sigma = sin(pi t / 2)`` (Nichol & Dhariwal, 2021)."""
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.cos(0.5 * math.pi * t)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.sin(0.5 * math.pi * t)
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        return -0.5 * math.pi * torch.sin(0.5 * math.pi * t)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return 0.5 * math.pi * torch.cos(0.5 * math.pi * t)
+
+    def t_from_noise_ratio(self, ratio: Tensor) -> Tensor:
+        return torch.atan(ratio) * (2 / math.pi)
+
+
+class VPDiscrete(Path):
+    """The discrete variance-preserving schedule of DDPM (Ho et al., 2020), as diffusers defines it.
+
+    Diffusers' integer timestep ``k`` (0..N-1) sits at core time ``t = (k + 1) / N``, so that ``t = 0`` is
+    exactly data (diffusers' ``final_alpha_cumprod = 1``) and ``t = 1`` is the last training step.
+    Between grid points ``log alphā`` is interpolated linearly, which gives the derivatives that
+    flow-type conversions need. ``timestep(t)`` maps core time back to the network's units.
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+    ) -> None:
+        self.num_train_timesteps = num_train_timesteps
+        self.beta_schedule = beta_schedule
+        n = num_train_timesteps
+        if beta_schedule == "linear":
+            betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
+        elif beta_schedule == "scaled_linear":
+            betas = torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64) ** 2
+        elif beta_schedule == "squaredcos_cap_v2":
+            f = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+            betas = torch.tensor([min(1 - f((i + 1) / n) / f(i / n), 0.999) for i in range(n)], dtype=torch.float64)
+        else:
+            raise ValueError(
+                f"unknown beta_schedule {beta_schedule!r}; valid: 'linear', 'scaled_linear', 'squaredcos_cap_v2'"
+            )
+        # diffusers computes cumprod in float32; follow it so add_noise agrees to float precision.
+        alphas_cumprod = torch.cumprod(1.0 - betas.float(), dim=0).double()
+        self.alphas_cumprod = alphas_cumprod
+        self._log_ac = torch.cat([torch.zeros(1, dtype=torch.float64), alphas_cumprod.log()])
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> VPDiscrete:
+        if config.get("trained_betas") is not None:
+            raise ValueError("schedules given as trained_betas are not supported; use beta_start/beta_end/beta_schedule")
+        return cls(
+            num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
+            beta_start=float(config.get("beta_start", 0.0001)),
+            beta_end=float(config.get("beta_end", 0.02)),
+            beta_schedule=str(config.get("beta_schedule", "linear")),
+        )
+
+    def timestep(self, t: Tensor) -> Tensor:
+        return t * self.num_train_timesteps - 1
+
+    def t_from_timestep(self, k: Tensor) -> Tensor:
+        return (torch.as_tensor(k, dtype=torch.float64) + 1) / self.num_train_timesteps
+
+    def _log_alpha_bar(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        table = self._log_ac.to(t.device)
+        pos = (t.double() * self.num_train_timesteps).clamp(0, self.num_train_timesteps)
+        lo = pos.floor().long().clamp(max=self.num_train_timesteps - 1)
+        frac = pos - lo
+        slope = (table[lo + 1] - table[lo]) * self.num_train_timesteps
+        return (table[lo] + frac * (table[lo + 1] - table[lo])).to(t.dtype), slope.to(t.dtype)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.exp(0.5 * self._log_alpha_bar(t)[0])
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.sqrt((1 - torch.exp(self._log_alpha_bar(t)[0])).clamp_min(0))
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        la, slope = self._log_alpha_bar(t)
+        return 0.5 * slope * torch.exp(0.5 * la)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        la, slope = self._log_alpha_bar(t)
+        ab = torch.exp(la)
+        return -0.5 * slope * ab / torch.sqrt((1 - ab).clamp_min(_EPS))
+
+    def t_from_noise_ratio(self, ratio: Tensor) -> Tensor:
+        # log alphā = -log(1 + ratio^2); invert the piecewise-linear table (monotone decreasing in t).
+        target = -torch.log1p(ratio.double() ** 2)
+        table = self._log_ac.to(ratio.device)
+        desc = -table  # increasing
+        idx = torch.searchsorted(desc, -target).clamp(1, self.num_train_timesteps)
+        lo, hi = table[idx - 1], table[idx]
+        frac = ((target - lo) / (hi - lo)).clamp(0, 1)
+        return ((idx - 1 + frac) / self.num_train_timesteps).to(ratio.dtype)
+
+    def __repr__(self) -> str:
+        return f"VPDiscrete(num_train_timesteps={self.num_train_timesteps}, beta_schedule={self.beta_schedule!r})"
+
+
+class EDM(Path):
+    """Variance-exploding path of EDM (Karras et al., 2022): ``alpha = 1``, ``sigma = t``, ``t`` in ``[0, sigma_max]``.
+
+    ``time_grid`` is the Karras rho-schedule ending exactly at 0.
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5, rho: float = 7.0):
+        self.sigma_min, self.sigma_data, self.rho = sigma_min, sigma_data, rho
+        self.t_max = sigma_max
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return t
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return torch.ones_like(t)
+
+    def t_from_noise_ratio(self, ratio: Tensor) -> Tensor:
+        return ratio
+
+    def time_grid(self, steps: int, t_start: float | None = None, device: Any = None) -> Tensor:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        hi = (self.t_max if t_start is None else t_start) ** (1 / self.rho)
+        lo = self.sigma_min ** (1 / self.rho)
+        ramp = torch.linspace(0, 1, steps, dtype=torch.float64, device=device)
+        sig = (hi + ramp * (lo - hi)) ** self.rho
+        return torch.cat([sig, sig.new_zeros(1)])
+
+    def __repr__(self) -> str:
+        return f"EDM(sigma_max={self.t_max}, sigma_data={self.sigma_data})"
+
+
+class TrigFlow(Path):
+    """TrigFlow (Lu & Song, 2024, "Simplifying, Stabilizing and Scaling Continuous-Time Consistency Models").
+
+    ``x_t = cos(t) x0 + sin(t) z`` with ``z = sigma_data * eps``, ``t`` in ``[0, pi/2]``.
+    """
+
+    def __init__(self, sigma_data: float = 0.5):
+        self.sigma_data = sigma_data
+        self.t_max = math.pi / 2
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.cos(t)
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_data * torch.sin(t)
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        return -torch.sin(t)
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_data * torch.cos(t)
+
+    def t_from_noise_ratio(self, ratio: Tensor) -> Tensor:
+        return torch.atan(ratio / self.sigma_data)
+
+    def __repr__(self) -> str:
+        return f"TrigFlow(sigma_data={self.sigma_data})"
+
+
+def path_from_diffusers(scheduler_or_config: Any) -> tuple[Path, str]:
+    """Map a diffusers scheduler (or its config dict) to the core path and prediction type it implies."""
+    config = dict(getattr(scheduler_or_config, "config", scheduler_or_config))
+    cls = str(config.get("_class_name", type(scheduler_or_config).__name__))
+    if "FlowMatch" in cls:
+        if config.get("use_dynamic_shifting") or float(config.get("shift", 1.0)) != 1.0:
+            raise ValueError(f"{cls} with a time shift is not a plain rectified-flow path; set shift=1.0")
+        return RectifiedFlow(), "flow"
+    if "EDM" in cls:
+        path = EDM(
+            sigma_min=float(config.get("sigma_min", 0.002)),
+            sigma_max=float(config.get("sigma_max", 80.0)),
+            sigma_data=float(config.get("sigma_data", 0.5)),
+            rho=float(config.get("rho", 7.0)),
+        )
+        return path, {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}.get(config.get("prediction_type"), "eps")
+    if "beta_schedule" in config or "beta_start" in config:
+        pred = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}.get(config.get("prediction_type", "epsilon"))
+        if pred is None:
+            raise ValueError(f"unsupported prediction_type {config.get('prediction_type')!r} in {cls}")
+        return VPDiscrete.from_config(config), pred
+    raise ValueError(f"cannot map diffusers scheduler {cls!r} to a path; supported: DDPM/DDIM-like, FlowMatch, EDM")
+
+
+PATHS: dict[str, type[Path]] = {
+    "rectified_flow": RectifiedFlow,
+    "vp_cosine": VPCosine,
+    "vp_discrete": VPDiscrete,
+    "edm": EDM,
+    "trigflow": TrigFlow,
+}
