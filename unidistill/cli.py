@@ -47,11 +47,25 @@ class UnidistillCLI(LightningCLI):
         )
 
 
+def check_config_files(argv: list[str]) -> None:
+    """Fail early, naming the file and the position, when a ``--config`` file is missing or not valid YAML."""
+    import yaml
+
+    for flag, value in zip(argv, argv[1:]):
+        if flag not in ("--config", "-c"):
+            continue
+        path = Path(value)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {value!r}")
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {value!r} is not valid YAML: {err}") from err
+
+
 def build(config: str | Path, overrides: list[str] | None = None) -> tuple[DistillationModule, L.LightningDataModule]:
     """Instantiate the model and data of a YAML config without running anything."""
-    config = Path(config)
-    if not config.is_file():
-        raise FileNotFoundError(f"config file not found: {str(config)!r}")
+    check_config_files(["--config", str(config)])
     cli = UnidistillCLI(args=["--config", str(config), *(overrides or [])], run=False)
     return cli.model, cli.datamodule
 
@@ -134,8 +148,8 @@ def demo_main(argv: list[str]) -> None:
     p.add_argument("--config", default=str(DEMO_CONFIG))
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--samples", type=int, default=8192)
-    p.add_argument("overrides", nargs="*", help="extra LightningCLI arguments, e.g. --trainer.max_steps=200")
-    args = p.parse_args(argv)
+    args, overrides = p.parse_known_args(argv)
+    args.overrides = overrides  # extra LightningCLI arguments, e.g. --trainer.max_steps=200
     if not Path(args.config).is_file():
         raise FileNotFoundError(f"demo config not found at {args.config!r}; run from a source checkout")
     cli = UnidistillCLI(args=["fit", "--config", args.config, f"--trainer.default_root_dir={args.out}",
@@ -145,10 +159,23 @@ def demo_main(argv: list[str]) -> None:
               str(Path(args.out) / "demo.json"), "unidistill demo " + " ".join(argv))
 
 
+def quiet_known_warnings() -> None:
+    """Silence third-party notices that say nothing about the user's run."""
+    import warnings
+
+    for pattern in (".*tensorboardX.*", ".*LeafSpec.*", ".*LightningCLI's args parameter.*", ".*litlogger.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_known_warnings()
     torch.set_float32_matmul_precision("high")
     commands = {"bench": bench_main, "export": export_main, "demo": demo_main}
+    check_config_files(argv)
     if argv and argv[0] in commands:
         commands[argv[0]](argv[1:])
         return

@@ -142,7 +142,9 @@ class OnPath(nn.Module):
         t = _as_time(t, x_t)
         src = self.denoiser.path
         t_a = src.t_from_noise_ratio(self.path.noise_ratio(t))
-        scale = expand_like(src.alpha(t_a) / self.path.alpha(t).clamp_min(1e-12), x_t)
+        # alpha_a / alpha_b = sigma_a / sigma_b = (alpha_a + sigma_a) / (alpha_b + sigma_b); the last form stays
+        # well conditioned at t_max, where alpha_b is 0 (or, in float32, a tiny negative number).
+        scale = expand_like((src.alpha(t_a) + src.sigma(t_a)) / (self.path.alpha(t) + self.path.sigma(t)), x_t)
         return self.denoiser(scale * x_t, t_a, cond, guidance)
 
     def velocity(self, x_t: Tensor, t: Tensor, cond: Any = None, guidance: Tensor | None = None) -> Tensor:

@@ -46,6 +46,8 @@ class DistillationModule(L.LightningModule):
         val_teacher_nfes: teacher NFEs also scored at validation (empty to skip).
         teacher_guidance: the guidance scale used when sampling the teacher.
         teacher_solver: solver for teacher sampling.
+        save_val_samples: write each validation's samples through the modality's ``save_samples``
+            (PNG grids, audio, point clouds, ...) under ``<log_dir>/samples/step_<n>/``.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class DistillationModule(L.LightningModule):
         val_teacher_nfes: list[int] | None = None,
         teacher_guidance: float = 1.0,
         teacher_solver: str = "heun",
+        save_val_samples: bool = True,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -75,6 +78,7 @@ class DistillationModule(L.LightningModule):
         self.val_nfes = list(val_nfes if val_nfes is not None else [1, 2, 4])
         self.val_teacher_nfes = list(val_teacher_nfes or [])
         self.teacher_guidance, self.teacher_solver = teacher_guidance, teacher_solver
+        self.save_val_samples = save_val_samples
         if teacher_solver not in SOLVERS:
             raise ValueError(f"unknown teacher_solver {teacher_solver!r}; valid: {', '.join(SOLVERS)}")
         if accumulate_grad_batches < 1:
@@ -285,6 +289,9 @@ class DistillationModule(L.LightningModule):
             ref = None if parts[0][2] is None else torch.cat([p[2] for p in parts])
             for name, value in self.modality.metrics(samples, cond, ref).items():
                 self.log(f"val/{name}/{key}", value, sync_dist=True)
+            if self.save_val_samples and self._trainer is not None and self.trainer.is_global_zero:
+                root = FilePath(self.trainer.log_dir or self.trainer.default_root_dir)
+                self.modality.save_samples(samples, cond, root / "samples" / f"step_{int(self.iteration)}" / key)
         self._val_outputs = {}
 
 

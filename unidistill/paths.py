@@ -346,11 +346,14 @@ def path_from_diffusers(scheduler_or_config: Any) -> tuple[Path, str]:
     """Map a diffusers scheduler (or its config dict) to the core path and prediction type it implies."""
     config = dict(getattr(scheduler_or_config, "config", scheduler_or_config))
     cls = str(config.get("_class_name", type(scheduler_or_config).__name__))
-    if "FlowMatch" in cls:
+    # ``scheduler.config`` (a FrozenDict) carries no ``_class_name``: recognise the family by its keys.
+    is_flow = "FlowMatch" in cls or ("_class_name" not in config and "use_dynamic_shifting" in config)
+    is_edm = "EDM" in cls or ("_class_name" not in config and "sigma_data" in config)
+    if is_flow:
         if config.get("use_dynamic_shifting") or float(config.get("shift", 1.0)) != 1.0:
             raise ValueError(f"{cls} with a time shift is not a plain rectified-flow path; set shift=1.0")
         return RectifiedFlow(), "flow"
-    if "EDM" in cls:
+    if is_edm:
         path = EDM(
             sigma_min=float(config.get("sigma_min", 0.002)),
             sigma_max=float(config.get("sigma_max", 80.0)),

@@ -191,7 +191,8 @@ def sample_with_scheduler(
     """
     path = model.path
     scheduler.set_timesteps(steps, device=noise.device)
-    x = noise * scheduler.init_noise_sigma
+    # Flow-matching schedulers define neither ``init_noise_sigma`` nor ``scale_model_input`` (both identity).
+    x = noise * getattr(scheduler, "init_noise_sigma", 1.0)
     pred_type = getattr(scheduler.config, "prediction_type", None)
     flow = "FlowMatch" in type(scheduler).__name__
     if not flow and not isinstance(path, VPDiscrete):
@@ -205,7 +206,7 @@ def sample_with_scheduler(
             t = torch.full((x.shape[0],), float(scheduler.sigmas[i]), dtype=x.dtype, device=x.device)
         else:
             t = path.t_from_timestep(k.to(torch.float64)).to(x.dtype).expand(x.shape[0]).to(x.device)
-        x_in = scheduler.scale_model_input(x, k)
+        x_in = scheduler.scale_model_input(x, k) if hasattr(scheduler, "scale_model_input") else x
         pred = model(x_in, t, cond)
         nfe += model.nfe_per_call
         out = path.from_prediction(pred, t, out_type)

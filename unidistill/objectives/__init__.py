@@ -1,16 +1,42 @@
 """Distillation objectives: one module per family, pure PyTorch (no Lightning)."""
 
+from unidistill.objectives.adversarial import AdversarialDistillation
 from unidistill.objectives.base import Batch, Context, LossOutput, Objective, run_iteration
 from unidistill.objectives.consistency import ConsistencyDistillation, ConsistencyFunction
 from unidistill.objectives.denoising import DenoisingObjective
+from unidistill.objectives.dmd import DMD2, decoupled_dmd, f_divergence_weight
+from unidistill.objectives.fake_score import FakeScore, build_fake_score
+from unidistill.objectives.flow_map import FlowMapDistillation, FlowMapModel
+from unidistill.objectives.phased import PhasedConsistencyDistillation
+from unidistill.objectives.progressive import PhaseTeacher, ProgressiveDistillation
+from unidistill.objectives.reflow import Reflow
+from unidistill.objectives.regression import TrajectoryRegression
+from unidistill.objectives.scm import ContinuousConsistency, LogVarHead
+from unidistill.objectives.sid import ScoreIdentityDistillation
 
 __all__ = [
+    "AdversarialDistillation",
     "Batch",
     "ConsistencyDistillation",
     "ConsistencyFunction",
     "Context",
+    "ContinuousConsistency",
+    "DMD2",
     "DenoisingObjective",
+    "FakeScore",
+    "FlowMapDistillation",
+    "FlowMapModel",
+    "LogVarHead",
     "LossOutput",
     "Objective",
+    "PhaseTeacher",
+    "PhasedConsistencyDistillation",
+    "ProgressiveDistillation",
+    "Reflow",
+    "ScoreIdentityDistillation",
+    "TrajectoryRegression",
+    "build_fake_score",
+    "decoupled_dmd",
+    "f_divergence_weight",
     "run_iteration",
 ]

@@ -1,0 +1,104 @@
+"""Trajectory regression on teacher ODE pairs (knowledge distillation of the sampler).
+
+Luhman & Luhman, 2021, "Knowledge Distillation in Iterative Generative Models for Improved Sampling
+Speed", and the ODE-pair initialisation of Yin et al., 2024, "One-step Diffusion with Distribution
+Matching Distillation" and "From Slow Bidirectional to Fast Autoregressive Video Diffusion Models"
+(CausVid): for the same noise, the student's k-step output is regressed on the teacher's ODE solution.
+
+Two modes (FORMULATIONS.md section 8):
+
+* ``trajectory`` (default; FastGen KD / CausVid): the teacher trajectory is recorded at the student's
+  grid times ``path.time_grid(k)``; each sample takes a random grid index ``j`` and the student's x0
+  prediction at the teacher's state ``x_{t_j}`` is regressed on the teacher's endpoint. Cheap (one
+  student call), and for ``k = 1`` it is exactly one-step noise -> sample regression.
+* ``rollout``: the student runs its full k-step DDIM chain from the same starting latent *with* gradient
+  through every step, and the final output is regressed on the endpoint.
+
+Pairs come from the (guided) teacher on the fly (noise from the context generator, conditions from the
+batch) or from a ``TeacherCache`` (``unidistill.cache``) generated with ``trajectory_times`` equal to the
+student grid (endpoint-only caches suffice for ``k = 1`` and for ``rollout``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from unidistill.cache import TeacherCache, solve_with_checkpoints
+from unidistill.denoiser import GuidedDenoiser
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective
+from unidistill.objectives.losses import distance
+from unidistill.solvers import initial_latent, ode_step
+
+
+class TrajectoryRegression(Objective):
+    student_solver = "ddim"
+
+    def __init__(
+        self,
+        student_steps: int = 1,
+        teacher_steps: int = 32,
+        teacher_solver: str = "heun",
+        guidance_scale: float = 1.0,
+        mode: str = "trajectory",
+        distance: str = "l2",
+        huber_c: float = 1e-3,
+        cache: TeacherCache | None = None,
+    ) -> None:
+        if mode not in ("trajectory", "rollout"):
+            raise ValueError(f"mode must be 'trajectory' or 'rollout', got {mode!r}")
+        if student_steps < 1 or teacher_steps < 1:
+            raise ValueError(f"need student_steps >= 1 and teacher_steps >= 1, got {student_steps}, {teacher_steps}")
+        self.student_steps, self.teacher_steps, self.teacher_solver = student_steps, teacher_steps, teacher_solver
+        self.guidance_scale, self.mode = guidance_scale, mode
+        self.distance, self.huber_c = distance, huber_c
+        self.cache = cache
+        if cache is not None:
+            self.needs_teacher = False
+
+    def pairs(self, batch: Batch, ctx: Context, grid: Tensor) -> tuple[Tensor, Any, list[Tensor]]:
+        """Starting unit noise, conditions, and teacher states at every grid time (last = sample)."""
+        times = grid.tolist()
+        if self.cache is not None:
+            ids = torch.randint(0, len(self.cache), (batch.size,), generator=ctx.generator)
+            rec = self.cache.batch(ids)
+            noise, cond = rec["noise"].to(ctx.device, ctx.dtype), rec.get("cond")
+            mids: list[Tensor] = []
+            if self.mode == "trajectory" and len(times) > 2:
+                cached = self.cache.trajectory_times or []
+                for t in times[1:-1]:
+                    match = [k for k, c in enumerate(cached) if abs(c - t) < 1e-9]
+                    if not match:
+                        raise ValueError(f"the teacher cache has trajectory times {cached}; trajectory "
+                                         f"regression on {self.student_steps} steps needs {times[1:-1]}")
+                    mids.append(rec["trajectory"][:, match[0]].to(ctx.device, ctx.dtype))
+            states = [initial_latent(ctx.student.path, noise, times[0]), *mids]
+            return noise, cond, [*states, rec["sample"].to(ctx.device, ctx.dtype)]
+        noise = ctx.noise(batch)
+        teacher = GuidedDenoiser(ctx.teacher, self.guidance_scale, ctx.null_condition)
+        x, traj, _ = solve_with_checkpoints(teacher, noise, self.teacher_steps, batch.cond, self.teacher_solver,
+                                            times[:-1])
+        return noise, batch.cond, [*traj, x]
+
+    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
+        student = ctx.student
+        path = student.path
+        grid = path.time_grid(self.student_steps, device=ctx.device)
+        _, cond, states = self.pairs(batch, ctx, grid)
+        target = states[-1]
+        if self.mode == "rollout":
+            x = states[0]
+            for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
+                tt = torch.full((batch.size,), t, device=ctx.device, dtype=ctx.dtype)
+                x = ode_step(student, x, tt, torch.full_like(tt, s), cond, "ddim")
+            pred = x
+        else:
+            j = torch.randint(0, self.student_steps, (batch.size,), generator=ctx.generator).to(ctx.device)
+            stacked = torch.stack(states[:-1], dim=1)  # [B, k, *S]
+            x_in = stacked[torch.arange(batch.size, device=ctx.device), j]
+            t = grid.to(ctx.dtype)[j]
+            pred = student(x_in, t, cond).x0
+        per = distance(pred, target, self.distance, self.huber_c, batch.mask)
+        return LossOutput(per.mean(), {"distance": per.mean().detach()})

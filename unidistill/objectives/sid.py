@@ -1,0 +1,54 @@
+"""Score identity Distillation (SiD).
+
+Zhou et al., 2024, "Score identity Distillation: Exponentially Fast Distillation of Pretrained Diffusion
+Models for One-Step Generation". Data-free: the generator loss per element (FORMULATIONS 4.8, as in
+Self-Forcing's ``sid.py``) is::
+
+    L = (mu_r - mu_f) . ((mu_r - x) - alpha (mu_r - mu_f)) / N,   N = sg(mean_elems |x - mu_r|) per sample
+
+which equals SiD's ``(1 - alpha) ||mu_r - mu_f||^2 + (mu_r - mu_f)^T (mu_f - x)``, with ``alpha = 1.2``
+(the paper's default). ``mu_r`` is the CFG teacher, ``mu_f`` the fake score, both at ``x_t = alpha_t x +
+sigma_t eps``. Unlike DMD nothing is under ``no_grad``: **gradients flow through ``x_t`` into both the
+teacher and the fake-score forward passes** (never into their parameters: the teacher is frozen and the
+fake score's parameters are frozen for the duration of the student loss). Fake-score training, the update
+plan, memory strategies and backward simulation are DMD2's (``DMD2`` options apply).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unidistill.objectives.base import Batch, Context, LossOutput
+from unidistill.objectives.dmd import DMD2, student_sample
+from unidistill.objectives.fake_score import frozen_params
+from unidistill.objectives.losses import per_sample
+from unidistill.paths import expand_like
+
+
+class ScoreIdentityDistillation(DMD2):
+    """SiD generator loss on top of DMD2's fake-score machinery; ``alpha`` is SiD's weighting (default 1.2).
+
+    DMD2-only generator terms (GAN, regression, decoupled guidance, f-divergence weights) are not used here.
+    """
+
+    def __init__(self, alpha: float = 1.2, **kwargs: Any) -> None:
+        for key in ("decoupled", "gan_generator_weight", "regression_weight"):
+            if kwargs.get(key):
+                raise ValueError(f"ScoreIdentityDistillation does not support {key}; use DMD2")
+        super().__init__(**kwargs)
+        self.alpha = alpha
+
+    def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
+        fake = ctx.roles["fake_score"]
+        path = ctx.teacher.path
+        x, _ = student_sample(ctx.student, batch, ctx, self.student_steps, grad=True)
+        t = self.dm_time(path, batch.size, ctx.generator).to(x)
+        x_t = path.add_noise(x, ctx.randn(x.shape), t)  # keeps the graph to the student
+        with frozen_params(fake):
+            mu_f = fake(x_t, t, batch.cond).x0
+        mu_r = ctx.guided_teacher(self.guidance_scale)(x_t, t, batch.cond).x0
+        n = expand_like(per_sample((x - mu_r).abs().detach(), batch.mask) + 1e-6, x)
+        diff = mu_r - mu_f
+        per = per_sample(diff * ((mu_r - x) - self.alpha * diff) / n, batch.mask)
+        loss = per.mean()
+        return LossOutput(loss, {"sid": loss.detach(), "score_gap": per_sample(diff.detach().abs(), batch.mask).mean()})
