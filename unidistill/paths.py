@@ -168,7 +168,8 @@ class RectifiedFlow(Path):
 
 
 class VPCosine(Path):
-    """Variance-preserving cosine path ``alpha = cos(pi t / 2)``, ``sigma = sin(pi t / 2)`` (Nichol & Dhariwal, 2021)."""
+    """Variance-preserving cosine path ``alpha = cos(pi t / 2)``, ``sigma = sin(pi t / 2)``
+    (Nichol & Dhariwal, 2021)."""
 
     def alpha(self, t: Tensor) -> Tensor:
         return torch.cos(0.5 * math.pi * t)
@@ -224,7 +225,9 @@ class VPDiscrete(Path):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> VPDiscrete:
         if config.get("trained_betas") is not None:
-            raise ValueError("schedules given as trained_betas are not supported; use beta_start/beta_end/beta_schedule")
+            raise ValueError(
+                "schedules given as trained_betas are not supported; use beta_start/beta_end/beta_schedule"
+            )
         return cls(
             num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
             beta_start=float(config.get("beta_start", 0.0001)),

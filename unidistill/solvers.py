@@ -49,7 +49,7 @@ def ddim(
     ``eta = 1`` is ancestral sampling from the exact Gaussian posterior ``q(x_s | x_t, x0)``.
     """
     path, nfe = model.path, 0
-    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist()):
+    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
         pred = model(x, _time(t, x, time_shape), cond)
         nfe += model.nfe_per_call
         a_t, s_t = _coeffs(path, t)
@@ -71,7 +71,7 @@ def euler(
 ) -> SampleResult:
     """Explicit Euler on the probability-flow ODE ``dx/dt = alpha' x0 + sigma' eps``."""
     nfe = 0
-    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist()):
+    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
         tt = _time(t, x, time_shape)
         v = model.path.velocity(*model(x, tt, cond), tt)
         nfe += model.nfe_per_call
@@ -86,7 +86,7 @@ def heun(
     """Heun's second-order method on the PF-ODE (Karras et al., 2022); the last step to ``t = 0`` is Euler."""
     nfe = 0
     path = model.path
-    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist()):
+    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
         tt = _time(t, x, time_shape)
         d = path.velocity(*model(x, tt, cond), tt)
         nfe += model.nfe_per_call
@@ -113,7 +113,7 @@ def dpm_solver_pp_2m(
     path, nfe = model.path, 0
     prev_x0: Tensor | None = None
     prev_h = math.inf
-    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist()):
+    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
         pred = model(x, _time(t, x, time_shape), cond)
         nfe += model.nfe_per_call
         a_t, s_t = _coeffs(path, t)
@@ -152,7 +152,10 @@ def consistency_sample(
         if s <= 0:
             x = pred.x0
             break
-        eps = pred.eps if renoise == "ode" else torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        if renoise == "ode":
+            eps = pred.eps
+        else:
+            eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         x = path.add_noise(pred.x0, eps, _time(s, x, time_shape))
     return SampleResult(x, nfe)
 

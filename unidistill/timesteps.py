@@ -38,7 +38,8 @@ class UniformTime(TimeSampler):
 
 
 class LogitNormalTime(TimeSampler):
-    """``t = sigmoid(m + s n)`` rescaled affinely into the range (Esser et al., 2024, "Scaling Rectified Flow Transformers")."""
+    """``t = sigmoid(m + s n)`` rescaled affinely into the range
+    (Esser et al., 2024, "Scaling Rectified Flow Transformers")."""
 
     def __init__(self, mean: float = 0.0, std: float = 1.0, t_min: float = 0.0, t_max: float = 1.0) -> None:
         super().__init__(t_min, t_max)
