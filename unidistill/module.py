@@ -88,7 +88,7 @@ class DistillationModule(L.LightningModule):
         # The teacher is kept out of the module's registered children: never in a checkpoint, never
         # wrapped by DDP, never touched by an optimizer.
         self._teacher: list[nn.Module] = [teacher] if teacher is not None else []
-        guided = getattr(objective, "guidance_range", None) is not None
+        guided = objective.student_takes_guidance
         self.student = modality.build_student(teacher, guided) if teacher is not None else modality.new_denoiser()
         self.aux = nn.ModuleDict(objective.build_roles(self.student, teacher))
         unknown = [r for r in objective.trainable_roles if r != "student" and r not in self.aux]

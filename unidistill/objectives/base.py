@@ -104,6 +104,12 @@ class Objective:
     #: how the trained student samples: a solver name from ``unidistill.solvers.SOLVERS``
     student_solver: str = "consistency"
 
+    @property
+    def student_takes_guidance(self) -> bool:
+        """Whether the student network gets an extra scalar input through the ``guidance`` slot (the
+        guidance scale for w-conditioned students, or e.g. a jump length for flow maps)."""
+        return getattr(self, "guidance_range", None) is not None
+
     def build_roles(self, student: nn.Module, teacher: nn.Module | None) -> dict[str, nn.Module]:
         """Auxiliary trainable roles (name -> module); the default objective has none."""
         return {}
