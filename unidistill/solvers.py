@@ -160,6 +160,25 @@ def consistency_sample(
     return SampleResult(x, nfe)
 
 
+@torch.no_grad()
+def flow_map_sample(
+    model: Any, x: Tensor, grid: Tensor, cond: Any = None, time_shape: tuple[int, ...] | None = None, **_: Any
+) -> SampleResult:
+    """Flow-map jumps (Geng et al., 2025, "Mean Flows for One-step Generative Modeling"):
+    ``x <- x - (t - s) u(x, t, s)`` between consecutive grid times, one call each. ``model`` must offer
+    ``average_velocity(x, t, r, cond)``, the average PF-ODE velocity over ``[r, t]`` (e.g.
+    ``unidistill.objectives.FlowMapModel``)."""
+    if not hasattr(model, "average_velocity"):
+        raise TypeError(f"the flow_map solver needs a model with average_velocity(x, t, r, cond); "
+                        f"got {type(model).__name__}")
+    nfe = 0
+    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
+        tt = _time(t, x, time_shape)
+        x = x - (t - s) * model.average_velocity(x, tt, torch.full_like(tt, s), cond)
+        nfe += model.nfe_per_call
+    return SampleResult(x, nfe)
+
+
 SOLVERS: dict[str, Callable[..., SampleResult]] = {
     "ddim": ddim,
     "euler": euler,
@@ -167,6 +186,7 @@ SOLVERS: dict[str, Callable[..., SampleResult]] = {
     "dpm_solver_pp_2m": dpm_solver_pp_2m,
     "ancestral": lambda *a, **k: ddim(*a, **{**k, "eta": 1.0}),
     "consistency": consistency_sample,
+    "flow_map": flow_map_sample,
 }
 
 

@@ -15,6 +15,11 @@ from torch import Tensor
 from unidistill.paths import Path
 
 
+def _device(generator: torch.Generator | None) -> torch.device | None:
+    """Draw on the generator's device (a CUDA generator cannot fill a CPU tensor)."""
+    return None if generator is None else generator.device
+
+
 class TimeSampler:
     """Base: draw ``n`` times in ``[t_min, t_max]`` of ``path`` (fractions of the path's range)."""
 
@@ -25,7 +30,7 @@ class TimeSampler:
 
     def unit(self, n: int, generator: torch.Generator | None) -> Tensor:
         """Draws in ``[0, 1]`` before rescaling to the path's range."""
-        return torch.rand(n, generator=generator, dtype=torch.float64)
+        return torch.rand(n, generator=generator, dtype=torch.float64, device=_device(generator))
 
     def __call__(self, path: Path, n: int, generator: torch.Generator | None = None) -> Tensor:
         u = self.unit(n, generator)
@@ -46,7 +51,8 @@ class LogitNormalTime(TimeSampler):
         self.mean, self.std = mean, std
 
     def unit(self, n: int, generator: torch.Generator | None) -> Tensor:
-        return torch.sigmoid(self.mean + self.std * torch.randn(n, generator=generator, dtype=torch.float64))
+        noise = torch.randn(n, generator=generator, dtype=torch.float64, device=_device(generator))
+        return torch.sigmoid(self.mean + self.std * noise)
 
 
 class ShiftedTime(TimeSampler):
@@ -59,7 +65,7 @@ class ShiftedTime(TimeSampler):
         self.shift = shift
 
     def unit(self, n: int, generator: torch.Generator | None) -> Tensor:
-        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=_device(generator))
         return self.shift * u / (1 + (self.shift - 1) * u)
 
 
@@ -79,7 +85,7 @@ class LogNormalSigmaTime(TimeSampler):
         lo, hi = (torch.log(path.noise_ratio(x)) for x in (lo_t, hi_t))
         normal = torch.distributions.Normal(self.p_mean, self.p_std)
         c_lo, c_hi = normal.cdf(lo), normal.cdf(hi)
-        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=_device(generator))
         p = (c_lo + u * (c_hi - c_lo)).clamp(1e-12, 1 - 1e-12)
         log_ratio = self.p_mean + self.p_std * math.sqrt(2) * torch.erfinv(2 * p - 1)
         return path.t_from_noise_ratio(torch.exp(log_ratio)).float()

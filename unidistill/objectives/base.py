@@ -168,7 +168,7 @@ def run_iteration(
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizers[role].step()
         logs.update({f"{role}/{k}": float(v) for k, v in out.logs.items()})
-        logs[f"{role}/loss"] = float(out.loss)
+        logs[f"{role}/loss"] = float(out.loss.detach())
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
     return logs

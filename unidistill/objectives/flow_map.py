@@ -18,12 +18,12 @@ the interval length ``h = t - r`` through the ``guidance`` slot; ``u`` is the PF
 its output through its own path and prediction type (``student.velocity(x, t, cond, guidance=h)``).
 At ``h = 0`` this is exactly the student's instantaneous velocity, so a student copied from the teacher
 with a zero-initialised guidance projection (``MLPDenoiserNet.enable_guidance_conditioning``) starts as
-the teacher's flow. ``guidance_range = (0, 1)`` tells the module to build that guidance input (its values
-are ``h``, not a CFG scale; the teacher's CFG scale is fixed by ``guidance_scale`` and baked in).
+the teacher's flow. ``student_takes_guidance`` is therefore always true (its values are ``h``, not a CFG
+scale; the teacher's CFG scale is fixed by ``guidance_scale`` and baked in).
 
 Sampling with any number of steps: ``sampling_model`` is a ``FlowMapModel`` and ``student_solver`` is
-``"flow_map"`` (registered into ``unidistill.solvers.SOLVERS`` on import): ``x <- x - (t - s) u(x, t, s)``
-between consecutive grid times, one NFE per step.
+``"flow_map"`` (``unidistill.solvers.flow_map_sample``): ``x <- x - (t - s) u(x, t, s)`` between
+consecutive grid times, one NFE per step.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from unidistill.denoiser import GuidedDenoiser
 from unidistill.objectives.base import Batch, Context, LossOutput, Objective
 from unidistill.objectives.losses import squared_error
 from unidistill.paths import expand_like
-from unidistill.solvers import SOLVERS, SampleResult
 from unidistill.timesteps import TimeSampler, UniformTime
 
 
@@ -70,24 +69,13 @@ class FlowMapModel(nn.Module):
         return average_velocity(self.student, x, t, r, cond)
 
 
-@torch.no_grad()
-def flow_map_sample(model: Any, x: Tensor, grid: Tensor, cond: Any = None,
-                    time_shape: tuple[int, ...] | None = None, **_: Any) -> SampleResult:
-    """Flow-map jumps between consecutive grid times (one NFE each)."""
-    nfe = 0
-    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
-        tt = torch.full(time_shape or (x.shape[0],), t, dtype=x.dtype, device=x.device)
-        x = x - (t - s) * model.average_velocity(x, tt, torch.full_like(tt, s), cond)
-        nfe += model.nfe_per_call
-    return SampleResult(x, nfe)
-
-
-SOLVERS.setdefault("flow_map", flow_map_sample)
-
-
 class FlowMapDistillation(Objective):
     student_solver = "flow_map"
-    guidance_range = (0.0, 1.0)  # declares the guidance input; it carries t - r (see the module docstring)
+
+    @property
+    def student_takes_guidance(self) -> bool:
+        """The student's guidance slot carries the interval ``t - r`` (see the module docstring)."""
+        return True
 
     def __init__(self, guidance_scale: float = 1.0, flow_ratio: float = 0.5, time_sampler: TimeSampler | None = None,
                  adaptive_p: float = 1.0, adaptive_c: float = 1e-3, tangent_warmup: int = 0) -> None:
