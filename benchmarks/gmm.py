@@ -27,8 +27,15 @@ TEACHER_RUNS = [("ddim", 1), ("ddim", 2), ("ddim", 4), ("heun", 64), ("dpm_solve
 
 
 def distil(config: Path, steps: int | None, out: Path) -> tuple[UnidistillCLI, float]:
-    args = ["fit", "--config", str(config), f"--trainer.default_root_dir={out}", "--trainer.enable_progress_bar=false",
-            "--trainer.val_check_interval=100000", "--trainer.logger=false"]
+    args = [
+        "fit",
+        "--config",
+        str(config),
+        f"--trainer.default_root_dir={out}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.val_check_interval=100000",
+        "--trainer.logger=false",
+    ]
     if steps:
         args.append(f"--trainer.max_steps={steps}")
     start = time.perf_counter()
@@ -47,12 +54,21 @@ def main() -> None:
     names = args.objectives or sorted(c.stem for c in (ROOT / "configs" / "gmm").glob("*.yaml") if c.stem != "teacher")
     rows, budgets = [], {}
     for i, name in enumerate(names):
-        cli, seconds = distil(ROOT / "configs" / "gmm" / f"{name}.yaml", args.max_steps, ROOT / "runs" / "bench" / "gmm" / name)
+        cli, seconds = distil(
+            ROOT / "configs" / "gmm" / f"{name}.yaml", args.max_steps, ROOT / "runs" / "bench" / "gmm" / name
+        )
         module = cli.model.eval()
         module._sync_teacher_device()
         x, cond = reference_batch(module, cli.datamodule, args.samples)
-        part = compare(module, cond, x, student_nfes=[1, 2, 4], teacher_runs=TEACHER_RUNS if i == 0 else [],
-                       seeds=range(args.seeds), model_name=name)
+        part = compare(
+            module,
+            cond,
+            x,
+            student_nfes=[1, 2, 4],
+            teacher_runs=TEACHER_RUNS if i == 0 else [],
+            seeds=range(args.seeds),
+            model_name=name,
+        )
         for r in part:
             if r["model"] != "teacher":
                 r["distill_cpu_minutes"] = seconds / 60
@@ -71,9 +87,16 @@ def main() -> None:
         r["speedup_vs_teacher"] = ref64["ms_per_sample"] / r["ms_per_sample"]
     print(format_table(rows))
     command = "python benchmarks/gmm.py " + " ".join(sys.argv[1:])
-    path = write_results(Path(args.out).stem, command, rows, Path(args.out).parent,
-                         {"task": "gmm dim=8, 8 anisotropic components, exact analytic teacher",
-                          "targets": "1-NFE student sw >= 5x better than teacher 1-NFE; 4-NFE student <= 2x teacher 64-NFE"})
+    path = write_results(
+        Path(args.out).stem,
+        command,
+        rows,
+        Path(args.out).parent,
+        {
+            "task": "gmm dim=8, 8 anisotropic components, exact analytic teacher",
+            "targets": "1-NFE student sw >= 5x better than teacher 1-NFE; 4-NFE student <= 2x teacher 64-NFE",
+        },
+    )
     print(f"wrote {path}")
 
 

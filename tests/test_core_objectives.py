@@ -16,9 +16,14 @@ from unidistill.timesteps import UniformTime
 
 
 def _ctx(roles, shape, seed=0, iteration=0):
-    return Context(roles=roles, latent_shape=shape, generator=torch.Generator().manual_seed(seed),
-                   shared_generator=torch.Generator().manual_seed(seed + 1), iteration=iteration,
-                   null_condition=lambda c: None if c is None else torch.zeros_like(c))
+    return Context(
+        roles=roles,
+        latent_shape=shape,
+        generator=torch.Generator().manual_seed(seed),
+        shared_generator=torch.Generator().manual_seed(seed + 1),
+        iteration=iteration,
+        null_condition=lambda c: None if c is None else torch.zeros_like(c),
+    )
 
 
 def _params(m):
@@ -33,8 +38,12 @@ def test_consistency_updates_only_the_student(shape, guided):
     student = copy.deepcopy(teacher)
     student.requires_grad_(True)
     target = copy.deepcopy(student).requires_grad_(False)
-    obj = ConsistencyDistillation(num_intervals=8, guidance_range=(1.0, 3.0) if guided else None,
-                                  guidance_scale=1.0 if guided else 2.0, distance="pseudo_huber")
+    obj = ConsistencyDistillation(
+        num_intervals=8,
+        guidance_range=(1.0, 3.0) if guided else None,
+        guidance_scale=1.0 if guided else 2.0,
+        distance="pseudo_huber",
+    )
     before_t, before_target = _params(teacher), _params(target)
     before_s = _params(student)
     batch = Batch(torch.randn(4, *shape), cond=torch.randn(4))
@@ -122,8 +131,13 @@ def test_plan_order_and_non_finite_loss_error():
     student, critic = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     order = []
     roles = {"student": student, "critic": critic, "order": order}
-    opts = {"student": torch.optim.SGD(student.parameters(), lr=0.1), "critic": torch.optim.SGD(critic.parameters(), lr=0.1)}
+    opts = {
+        "student": torch.optim.SGD(student.parameters(), lr=0.1),
+        "critic": torch.optim.SGD(critic.parameters(), lr=0.1),
+    }
     run_iteration(TwoRoles(), Batch(torch.zeros(1, 2)), _ctx(roles, (2,)), opts)
     assert order == ["critic", "critic", "student"]
-    with pytest.raises(FloatingPointError, match=r"TwoRoles, role 'student', term\(s\) \['loss', 'value'\], at iteration 1"):
+    with pytest.raises(
+        FloatingPointError, match=r"TwoRoles, role 'student', term\(s\) \['loss', 'value'\], at iteration 1"
+    ):
         run_iteration(TwoRoles(), Batch(torch.zeros(1, 2)), _ctx(roles, (2,), iteration=1), opts)

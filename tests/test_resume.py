@@ -44,4 +44,28 @@ def test_checkpoint_excludes_teacher_and_holds_ema_and_target(tiny_gmm_args, tmp
     assert any(k.startswith("student.") for k in keys)
     assert any(k.startswith("ema.") for k in keys) and any(k.startswith("target.") for k in keys)
     assert not any("teacher" in k for k in keys)
-    assert "unidistill_rng" in ckpt and ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "consumed": 2}]
+    assert "unidistill_rng" in ckpt and ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 0, "consumed": 2}
+    ]
+
+
+def test_non_finite_loss_stops_with_a_named_error_after_saving_the_last_good_state(tiny_gmm_args, tmp_path):
+    import pytest
+
+    from unidistill.objectives import ConsistencyDistillation
+
+    original = ConsistencyDistillation.loss
+
+    def poisoned(self, role, batch, ctx):
+        out = original(self, role, batch, ctx)
+        return type(out)(out.loss * float("nan"), out.logs) if ctx.iteration == 3 else out
+
+    ConsistencyDistillation.loss = poisoned
+    try:
+        with pytest.raises(FloatingPointError, match=r"ConsistencyDistillation, role 'student'.*iteration 3"):
+            _fit(tiny_gmm_args, 10)
+    finally:
+        ConsistencyDistillation.loss = original
+    good = torch.load(tmp_path / "last_good.ckpt", weights_only=True)
+    assert int(good["state_dict"]["iteration"]) == 3
+    assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())

@@ -61,7 +61,7 @@ def compare(
             for key, value in module.modality.metrics(out.x, cond, reference).items():
                 metrics.setdefault(key, []).append(value)
         k = min(timing_batch, n)
-        seconds = time_call(lambda: draw(sub_cond, k, 0), repeats=5)
+        seconds = time_call(lambda k=k: draw(sub_cond, k, 0), repeats=5)
         row = {"model": who, "solver": solver, "nfe": spent}
         row |= {key: statistics.fmean(v) for key, v in metrics.items()}
         row["ms_per_sample"] = 1000 * seconds / k
@@ -80,7 +80,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         keys += [k for k in r if k not in keys]
     cells = [[_fmt(r.get(k, "")) for k in keys] for r in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
+    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths, strict=True))  # noqa: E731
     return "\n".join([line(keys), line(["-" * w for w in widths]), *(line(c) for c in cells)])
 
 

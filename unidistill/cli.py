@@ -51,7 +51,7 @@ def check_config_files(argv: list[str]) -> None:
     """Fail early, naming the file and the position, when a ``--config`` file is missing or not valid YAML."""
     import yaml
 
-    for flag, value in zip(argv, argv[1:]):
+    for flag, value in zip(argv, argv[1:], strict=False):
         if flag not in ("--config", "-c"):
             continue
         path = Path(value)

@@ -18,7 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from unidistill.data import ResumableDataLoader
 from unidistill.denoiser import GuidedDenoiser
 from unidistill.modality import Modality
-from unidistill.objectives.base import Batch, Context, Objective, check_finite
+from unidistill.objectives.base import Context, Objective, check_finite
 from unidistill.solvers import SOLVERS, SampleResult, initial_latent, sample
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class DistillationModule(L.LightningModule):
     def _optimizers_by_role(self) -> dict[str, Any]:
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
-        return dict(zip(self.objective.trainable_roles, opts))
+        return dict(zip(self.objective.trainable_roles, opts, strict=True))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         loader = self.trainer.train_dataloader
@@ -244,15 +244,31 @@ class DistillationModule(L.LightningModule):
         return self.objective.sampling_model(net)
 
     @torch.no_grad()
-    def sample_student(self, cond: Any, n: int, nfe: int, generator: torch.Generator, use_ema: bool = True) -> SampleResult:
+    def sample_student(
+        self, cond: Any, n: int, nfe: int, generator: torch.Generator, use_ema: bool = True
+    ) -> SampleResult:
         model = self.student_model(use_ema)
         noise = self._prior(n, cond, generator)
-        return sample(model, noise, nfe, cond, solver=self.objective.student_solver, generator=generator,
-                      time_shape=self.modality.time_shape(n))
+        return sample(
+            model,
+            noise,
+            nfe,
+            cond,
+            solver=self.objective.student_solver,
+            generator=generator,
+            time_shape=self.modality.time_shape(n),
+        )
 
     @torch.no_grad()
-    def sample_teacher(self, cond: Any, n: int, nfe: int, generator: torch.Generator, solver: str | None = None,
-                       guidance: float | None = None) -> SampleResult:
+    def sample_teacher(
+        self,
+        cond: Any,
+        n: int,
+        nfe: int,
+        generator: torch.Generator,
+        solver: str | None = None,
+        guidance: float | None = None,
+    ) -> SampleResult:
         if self.teacher is None:
             raise ValueError("this run has no teacher (teacher training); sample the student instead")
         scale = self.teacher_guidance if guidance is None else guidance
@@ -265,8 +281,14 @@ class DistillationModule(L.LightningModule):
         else:
             steps = max(1, nfe // model.nfe_per_call)
         grid = model.path.time_grid(steps, device=noise.device)
-        return SOLVERS[solver](model, initial_latent(model.path, noise, float(grid[0])), grid, cond,
-                               generator=generator, time_shape=self.modality.time_shape(n))
+        return SOLVERS[solver](
+            model,
+            initial_latent(model.path, noise, float(grid[0])),
+            grid,
+            cond,
+            generator=generator,
+            time_shape=self.modality.time_shape(n),
+        )
 
     # --- validation --------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -275,10 +297,14 @@ class DistillationModule(L.LightningModule):
     def validation_step(self, data: Any, batch_idx: int) -> None:
         batch = self.modality.to_batch(data)
         g = torch.Generator(self.device).manual_seed(_mix_seed(self.seed, 10_000 + batch_idx, self.global_rank))
-        runs = {f"student_nfe{n}": (lambda n=n: self.sample_student(batch.cond, batch.size, n, g)) for n in self.val_nfes}
+        runs = {
+            f"student_nfe{n}": (lambda n=n: self.sample_student(batch.cond, batch.size, n, g)) for n in self.val_nfes
+        }
         if self.teacher is not None:
-            runs |= {f"teacher_nfe{n}": (lambda n=n: self.sample_teacher(batch.cond, batch.size, n, g))
-                     for n in self.val_teacher_nfes}
+            runs |= {
+                f"teacher_nfe{n}": (lambda n=n: self.sample_teacher(batch.cond, batch.size, n, g))
+                for n in self.val_teacher_nfes
+            }
         for key, run in runs.items():
             self._val_outputs.setdefault(key, []).append((run().x, batch.cond, batch.x0))
 

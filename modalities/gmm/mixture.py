@@ -22,8 +22,15 @@ class GaussianMixture:
     Component ``k`` belongs to class ``k % num_classes``; the class condition selects those components.
     """
 
-    def __init__(self, dim: int = 8, num_components: int = 8, num_classes: int = 4, seed: int = 0,
-                 spread: float = 2.0, scale_range: tuple[float, float] = (0.05, 0.5)) -> None:
+    def __init__(
+        self,
+        dim: int = 8,
+        num_components: int = 8,
+        num_classes: int = 4,
+        seed: int = 0,
+        spread: float = 2.0,
+        scale_range: tuple[float, float] = (0.05, 0.5),
+    ) -> None:
         if not 2 <= dim <= 256:
             raise ValueError(f"dim must be in [2, 256], got {dim}")
         if num_classes < 1 or num_components < num_classes:
@@ -39,7 +46,9 @@ class GaussianMixture:
         self.weights = torch.full((num_components,), 1.0 / num_components, dtype=torch.float64)
         self.classes = torch.arange(num_components) % num_classes
 
-    def sample(self, n: int, generator: torch.Generator | None = None, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, labels: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``n`` samples and their class labels; with ``labels`` given, samples are drawn from those classes."""
         if labels is None:
             comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)

@@ -102,7 +102,9 @@ class ConsistencyDistillation(Objective):
     def teacher_step(self, ctx: Context, x_hi: Tensor, t_hi: Tensor, t_lo: Tensor, cond: Any, w: Tensor) -> Tensor:
         """One guided teacher ODE step (per-sample guidance) under ``no_grad``."""
         with torch.no_grad():
-            return ode_step(GuidedDenoiser(ctx.teacher, w, ctx.null_condition), x_hi, t_hi, t_lo, cond, self.teacher_solver)
+            return ode_step(
+                GuidedDenoiser(ctx.teacher, w, ctx.null_condition), x_hi, t_hi, t_lo, cond, self.teacher_solver
+            )
 
     def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
         if batch.x0 is None:

@@ -26,7 +26,7 @@ def drop_condition(cond: Any, null: Any, keep: torch.Tensor) -> Any:
     if isinstance(cond, dict):
         return {key: drop_condition(cond[key], null[key], keep) for key in cond}
     if isinstance(cond, (tuple, list)):
-        return type(cond)(drop_condition(c, n, keep) for c, n in zip(cond, null))
+        return type(cond)(drop_condition(c, n, keep) for c, n in zip(cond, null, strict=True))
     if cond is None:
         return None
     raise TypeError(f"cannot drop a condition of type {type(cond).__name__}; use tensors, dicts or tuples of them")
