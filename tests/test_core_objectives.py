@@ -141,3 +141,14 @@ def test_plan_order_and_non_finite_loss_error():
         FloatingPointError, match=r"TwoRoles, role 'student', term\(s\) \['loss', 'value'\], at iteration 1"
     ):
         run_iteration(TwoRoles(), Batch(torch.zeros(1, 2)), _ctx(roles, (2,), iteration=1), opts)
+
+
+def test_learning_rate_schedule_is_warmup_then_cosine_to_the_floor():
+    from modalities.gmm import GmmModality
+    from unidistill.module import DistillationModule
+
+    m = DistillationModule(GmmModality(hidden=8, depth=1), ConsistencyDistillation(), lr_warmup_iterations=10,
+                           lr_decay_iterations=100, lr_min_ratio=0.1)
+    assert m.lr_factor(0) == pytest.approx(0.1) and m.lr_factor(9) == pytest.approx(1.0)
+    assert m.lr_factor(60) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert m.lr_factor(110) == pytest.approx(0.1) and m.lr_factor(10_000) == pytest.approx(0.1)

@@ -5,6 +5,7 @@ run needs to continue exactly (the pattern of stable-audio-tools' multi-network 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from pathlib import Path as FilePath
 from typing import Any
@@ -38,6 +39,11 @@ class DistillationModule(L.LightningModule):
         modality: the plugin (latents, networks, teacher, metrics).
         objective: what to optimise; declares roles and the per-iteration update plan.
         learning_rate: AdamW learning rate of every role unless ``role_learning_rates`` overrides it.
+        lr_warmup_iterations: linear learning-rate warm-up over this many iterations.
+        lr_decay_iterations: cosine decay of every role's learning rate to ``lr_min_ratio`` of its base value
+            over this many iterations (``None`` keeps it constant). An iteration is one objective plan, not
+            one optimizer step, so schedules do not depend on the update ratio; the factor is a pure
+            function of the checkpointed iteration, so resumes are exact.
         ema_decay: decay of the student's evaluation EMA (``None`` disables it).
         grad_clip: max gradient norm per role update (``None`` disables clipping).
         accumulate_grad_batches: optimizer steps every this many batches.
@@ -58,6 +64,9 @@ class DistillationModule(L.LightningModule):
         role_learning_rates: dict[str, float] | None = None,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
+        lr_warmup_iterations: int = 0,
+        lr_decay_iterations: int | None = None,
+        lr_min_ratio: float = 0.0,
         ema_decay: float | None = 0.999,
         grad_clip: float | None = 1.0,
         accumulate_grad_batches: int = 1,
@@ -74,6 +83,7 @@ class DistillationModule(L.LightningModule):
         self.learning_rate, self.role_learning_rates = learning_rate, dict(role_learning_rates or {})
         self.weight_decay, self.betas = weight_decay, tuple(betas)
         self.grad_clip, self.accumulate = grad_clip, accumulate_grad_batches
+        self.lr_warmup, self.lr_decay, self.lr_min_ratio = lr_warmup_iterations, lr_decay_iterations, lr_min_ratio
         self.seed = seed
         self.val_nfes = list(val_nfes if val_nfes is not None else [1, 2, 4])
         self.val_teacher_nfes = list(val_teacher_nfes or [])
@@ -168,7 +178,18 @@ class DistillationModule(L.LightningModule):
                 raise ValueError(f"role {role!r} of {self.objective.name} has no trainable parameters")
             lr = self.role_learning_rates.get(role, self.learning_rate)
             opts.append(torch.optim.AdamW(params, lr=lr, betas=self.betas, weight_decay=self.weight_decay))
+            opts[-1].param_groups[0]["base_lr"] = lr
         return opts
+
+    def lr_factor(self, iteration: int) -> float:
+        """Warm-up then cosine decay, as a function of the objective iteration."""
+        factor = 1.0
+        if self.lr_warmup > 0:
+            factor = min(1.0, (iteration + 1) / self.lr_warmup)
+        if self.lr_decay:
+            progress = min(1.0, max(0, iteration - self.lr_warmup) / self.lr_decay)
+            factor *= self.lr_min_ratio + (1 - self.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return factor
 
     def _optimizers_by_role(self) -> dict[str, Any]:
         opts = self.optimizers()
@@ -185,6 +206,10 @@ class DistillationModule(L.LightningModule):
         iteration = int(self.iteration)
         ctx = self.context(iteration)
         opts = self._optimizers_by_role()
+        factor = self.lr_factor(iteration)
+        for opt in opts.values():
+            for group in opt.param_groups:
+                group["lr"] = group.get("base_lr", self.learning_rate) * factor
         step_now = (batch_idx + 1) % self.accumulate == 0
         for role in self.objective.plan(iteration):
             out = self.objective.loss(role, batch, ctx)
