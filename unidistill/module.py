@@ -282,6 +282,7 @@ class DistillationModule(L.LightningModule):
             solver=self.objective.student_solver,
             generator=generator,
             time_shape=self.modality.time_shape(n),
+            **self.objective.student_solver_kwargs,
         )
 
     @torch.no_grad()

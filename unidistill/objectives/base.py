@@ -105,6 +105,11 @@ class Objective:
     student_solver: str = "consistency"
 
     @property
+    def student_solver_kwargs(self) -> dict[str, Any]:
+        """Extra arguments for ``student_solver`` (e.g. how a consistency sampler re-noises)."""
+        return {}
+
+    @property
     def student_takes_guidance(self) -> bool:
         """Whether the student network gets an extra scalar input through the ``guidance`` slot (the
         guidance scale for w-conditioned students, or e.g. a jump length for flow maps)."""

@@ -87,6 +87,10 @@ class ConsistencyDistillation(Objective):
     def sampling_model(self, student: nn.Module) -> nn.Module:
         return ConsistencyFunction(student, self.boundary_scale)
 
+    @property
+    def student_solver_kwargs(self) -> dict[str, Any]:
+        return {"renoise": self.renoise}
+
     def draw_times(self, n: int, t_max: float, ctx: Context) -> tuple[Tensor, Tensor]:
         idx = torch.randint(self.skip, self.num_intervals + 1, (n,), generator=ctx.generator).to(ctx.device)
         d = t_max / self.num_intervals
