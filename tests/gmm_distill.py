@@ -27,7 +27,7 @@ def distill_gmm(objective: Objective, steps: int, nfe: int, batch_size: int = 25
     torch.manual_seed(seed)
     modality = GmmModality(GaussianMixture(dim=8), hidden=hidden, depth=depth)
     teacher = modality.load_teacher()
-    student = modality.build_student(teacher, getattr(objective, "guidance_range", None) is not None)
+    student = modality.build_student(teacher, objective.student_takes_guidance)
     if warm_start:
         _fit_to_teacher(student, teacher, modality, warm_start, batch_size, lr, seed)
     roles = {"student": student, "teacher": teacher}

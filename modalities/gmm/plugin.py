@@ -60,6 +60,8 @@ class GmmModality(Modality):
         hidden: int = 256,
         depth: int = 4,
         conditional: bool = True,
+        time_scale: float = 1000.0,
+        guidance_scale: float = 1000.0,
     ) -> None:
         self.mixture = mixture or GaussianMixture()
         if path not in PATHS:
@@ -68,6 +70,7 @@ class GmmModality(Modality):
         self.prediction = check_prediction_type(prediction)
         self.teacher_source, self.student_init = teacher, student_init
         self.hidden, self.depth, self.conditional = hidden, depth, conditional
+        self.time_scale, self.guidance_scale = time_scale, guidance_scale
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -75,7 +78,8 @@ class GmmModality(Modality):
 
     def new_network(self) -> MLPDenoiserNet:
         classes = self.mixture.num_classes if self.conditional else 0
-        return MLPDenoiserNet(self.mixture.dim, self.hidden, self.depth, classes)
+        return MLPDenoiserNet(self.mixture.dim, self.hidden, self.depth, classes, time_scale=self.time_scale,
+                             guidance_scale=self.guidance_scale)
 
     def new_denoiser(self) -> Denoiser:
         return Denoiser(self.new_network(), self.path, self.prediction)
@@ -120,8 +124,9 @@ class GmmModality(Modality):
         expected = samples.shape[0] * self.mixture.weights
         if cond is not None and not bool((cond < 0).all()):
             cls = cond.cpu()
+            classes = self.mixture.classes
             expected = torch.stack(
-                [((cls == self.mixture.classes[k]).sum().double() / (self.mixture.classes == self.mixture.classes[k]).sum())
+                [((cls == classes[k]).sum().double() / (classes == classes[k]).sum())
                  for k in range(self.mixture.num_components)]
             )
         out["mode_coverage"] = float((counts >= 0.1 * expected).double().mean())

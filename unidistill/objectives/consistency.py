@@ -89,7 +89,7 @@ class ConsistencyDistillation(Objective):
 
     @property
     def student_solver_kwargs(self) -> dict[str, Any]:
-        return {"renoise": self.renoise}
+        return {"renoise": self.renoise} if self.student_solver == "consistency" else {}
 
     def draw_times(self, n: int, t_max: float, ctx: Context) -> tuple[Tensor, Tensor]:
         idx = torch.randint(self.skip, self.num_intervals + 1, (n,), generator=ctx.generator).to(ctx.device)
