@@ -23,7 +23,9 @@ class RankAgreementCheck(L.Callback):
         if trainer.world_size == 1 or (batch_idx + 1) % self.every_n_batches:
             return
         params = torch.cat([p.detach().double().reshape(-1) for p in pl_module.student.parameters()])
-        checksum = torch.stack([params.sum(), (params * torch.arange(1, params.numel() + 1, dtype=torch.float64)).sum()])
+        checksum = torch.stack(
+            [params.sum(), (params * torch.arange(1, params.numel() + 1, dtype=torch.float64)).sum()]
+        )
         reference = trainer.strategy.broadcast(checksum.clone(), src=0)
         if not torch.equal(checksum, reference):
             raise RuntimeError(

@@ -83,6 +83,15 @@ class Context:
     def rand(self, shape: tuple[int, ...] | torch.Size) -> Tensor:
         return torch.rand(tuple(shape), generator=self.generator, device=self.device, dtype=self.dtype)
 
+    def guidance(self, n: int, scale: float, scale_range: tuple[float, float] | None) -> tuple[Tensor, Tensor | None]:
+        """Per-sample teacher guidance ``w`` and the student's guidance input: a fixed ``scale`` with no
+        student input, or ``w ~ U[scale_range]`` fed to the student too (w-conditioning)."""
+        if scale_range is None:
+            return torch.full((n,), scale, device=self.device, dtype=self.dtype), None
+        lo, hi = scale_range
+        w = lo + (hi - lo) * self.rand((n,))
+        return w, w
+
     def noise(self, batch: Batch) -> Tensor:
         """Starting noise for the student: the modality's prior, else unit Gaussian of the latent shape."""
         if self.prior is not None:

@@ -97,11 +97,7 @@ class ConsistencyDistillation(Objective):
         return (idx * d).to(ctx.dtype), ((idx - self.skip) * d).to(ctx.dtype)
 
     def draw_guidance(self, n: int, ctx: Context) -> tuple[Tensor, Tensor | None]:
-        if self.guidance_range is None:
-            return torch.full((n,), self.guidance_scale, device=ctx.device, dtype=ctx.dtype), None
-        lo, hi = self.guidance_range
-        w = lo + (hi - lo) * ctx.rand((n,))
-        return w, w
+        return ctx.guidance(n, self.guidance_scale, self.guidance_range)
 
     def teacher_step(self, ctx: Context, x_hi: Tensor, t_hi: Tensor, t_lo: Tensor, cond: Any, w: Tensor) -> Tensor:
         """One guided teacher ODE step (per-sample guidance) under ``no_grad``."""

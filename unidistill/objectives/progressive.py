@@ -128,11 +128,7 @@ class ProgressiveDistillation(Objective):
         return {"phase_teacher": PhaseTeacher(student)}
 
     def draw_guidance(self, n: int, ctx: Context) -> tuple[Tensor, Tensor | None]:
-        if self.guidance_range is None:
-            return torch.full((n,), self.guidance_scale, device=ctx.device, dtype=ctx.dtype), None
-        lo, hi = self.guidance_range
-        w = lo + (hi - lo) * ctx.rand((n,))
-        return w, w
+        return ctx.guidance(n, self.guidance_scale, self.guidance_range)
 
     def phase_model(self, ctx: Context, phase: int, w: Tensor) -> nn.Module:
         """The teacher of ``phase``: the guided real teacher in phase 0, else the frozen previous student."""
