@@ -61,7 +61,7 @@ def compare(
             for key, value in module.modality.metrics(out.x, cond, reference).items():
                 metrics.setdefault(key, []).append(value)
         k = min(timing_batch, n)
-        seconds = time_call(lambda k=k: draw(sub_cond, k, 0), repeats=5)
+        seconds = time_call(lambda k=k: draw(sub_cond, k, 0), repeats=9)
         row = {"model": who, "solver": solver, "nfe": spent}
         row |= {key: statistics.fmean(v) for key, v in metrics.items()}
         row["ms_per_sample"] = 1000 * seconds / k
