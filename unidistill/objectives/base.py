@@ -14,6 +14,7 @@ An objective never touches Lightning. It declares
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -104,7 +105,7 @@ class LossOutput(NamedTuple):
     logs: dict[str, Tensor]
 
 
-class Objective:
+class Objective(ABC):
     """Base class; see the module docstring for the contract."""
 
     trainable_roles: tuple[str, ...] = ("student",)
@@ -132,8 +133,9 @@ class Objective:
         """Roles to update in this iteration, in order; the same role may appear several times."""
         return list(self.trainable_roles)
 
+    @abstractmethod
     def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
-        raise NotImplementedError(f"{type(self).__name__} must implement loss()")
+        """The loss of one update of ``role`` and named scalar logs."""
 
     def sampling_model(self, student: nn.Module) -> nn.Module:
         """The denoiser-like view of the student that few-step sampling uses (e.g. a consistency function)."""

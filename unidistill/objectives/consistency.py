@@ -106,17 +106,24 @@ class ConsistencyDistillation(Objective):
                 GuidedDenoiser(ctx.teacher, w, ctx.null_condition), x_hi, t_hi, t_lo, cond, self.teacher_solver
             )
 
+    def landing_time(self, path: Any, t_hi: Tensor) -> Tensor:
+        """Where the consistency map lands from ``t_hi``: data (``t = 0``) here; a phase edge in phased CMs."""
+        return torch.zeros_like(t_hi)
+
     def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
         if batch.x0 is None:
-            raise ValueError("ConsistencyDistillation needs data (batch.x0) to noise; got a data-free batch")
+            raise ValueError(f"{self.name} needs data (batch.x0) to noise; got a data-free batch")
         student, path = ctx.student, ctx.student.path
         t_hi, t_lo = self.draw_times(batch.size, path.t_max, ctx)
         w, w_in = self.draw_guidance(batch.size, ctx)
         x_hi = path.add_noise(batch.x0, ctx.randn(batch.x0.shape), t_hi)
+        edge = self.landing_time(path, t_hi)
+        t_lo = torch.maximum(t_lo, edge)  # never step across the landing time
         x_lo = self.teacher_step(ctx, x_hi, t_hi, t_lo, batch.cond, w)
-        f = ConsistencyFunction(student, self.boundary_scale)
-        pred = f(x_hi, t_hi, batch.cond, w_in).x0
+        # DDIM-form jump to the landing time; at t = 0 it is exactly the x0 estimate.
+        pred = path.add_noise(*ConsistencyFunction(student, self.boundary_scale)(x_hi, t_hi, batch.cond, w_in), edge)
         with torch.no_grad():
-            target = ConsistencyFunction(ctx.roles["target"], self.boundary_scale)(x_lo, t_lo, batch.cond, w_in).x0
+            target_f = ConsistencyFunction(ctx.roles["target"], self.boundary_scale)
+            target = path.add_noise(*target_f(x_lo, t_lo, batch.cond, w_in), edge)
         per = distance(pred, target, self.distance, self.huber_c, batch.mask)
         return LossOutput(per.mean(), {"distance": per.mean().detach()})

@@ -26,15 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from unidistill.objectives.base import Batch, Context, LossOutput
-from unidistill.objectives.consistency import ConsistencyDistillation, ConsistencyFunction
-from unidistill.objectives.losses import distance
-from unidistill.paths import Path, Prediction
-
-
-def ddim_jump(path: Path, pred: Prediction, s: Tensor) -> Tensor:
-    """Deterministic DDIM-form jump of a prediction ``(x0, eps)`` to time ``s`` (``[B]`` or ``[B, *T]``)."""
-    return path.add_noise(pred.x0, pred.eps, s)
+from unidistill.objectives.consistency import ConsistencyDistillation
+from unidistill.paths import Path
 
 
 class PhasedConsistencyDistillation(ConsistencyDistillation):
@@ -66,21 +59,5 @@ class PhasedConsistencyDistillation(ConsistencyDistillation):
         idx = torch.searchsorted(edges, t.double() - tol, right=False) - 1  # largest edge < t - tol
         return edges[idx.clamp(0, self.num_phases - 1)].to(t.dtype)
 
-    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
-        if batch.x0 is None:
-            raise ValueError("PhasedConsistencyDistillation needs data (batch.x0) to noise; got a data-free batch")
-        student, path = ctx.student, ctx.student.path
-        # Same draws, in the same order, as ConsistencyDistillation.loss.
-        t_hi, t_lo = self.draw_times(batch.size, path.t_max, ctx)
-        w, w_in = self.draw_guidance(batch.size, ctx)
-        x_hi = path.add_noise(batch.x0, ctx.randn(batch.x0.shape), t_hi)
-        edge = self.lower_edge(path, t_hi)
-        t_lo = torch.maximum(t_lo, edge)  # never step across the phase edge (no-op for K = 1)
-        x_lo = self.teacher_step(ctx, x_hi, t_hi, t_lo, batch.cond, w)
-        f = ConsistencyFunction(student, self.boundary_scale)
-        pred = ddim_jump(path, f(x_hi, t_hi, batch.cond, w_in), edge)
-        with torch.no_grad():
-            target_f = ConsistencyFunction(ctx.roles["target"], self.boundary_scale)
-            target = ddim_jump(path, target_f(x_lo, t_lo, batch.cond, w_in), edge)
-        per = distance(pred, target, self.distance, self.huber_c, batch.mask)
-        return LossOutput(per.mean(), {"distance": per.mean().detach()})
+    def landing_time(self, path: Path, t_hi: Tensor) -> Tensor:
+        return self.lower_edge(path, t_hi)
