@@ -31,3 +31,18 @@ class AnyShapeNet(nn.Module):
 
 
 SHAPES = [(8,), (3, 8, 8), (4, 2, 6, 6)]
+
+
+class GaussianX0Net(nn.Module):
+    """Exact x0-prediction for data ~ N(mean, c^2 I) on ``path``:
+    E[x0 | x_t] = mean + a c^2 (x_t - a mean) / (a^2 c^2 + s^2)."""
+
+    def __init__(self, path, c: float = 0.5, mean: float = 0.3) -> None:
+        super().__init__()
+        self.path, self.c, self.mean = path, c, mean
+
+    def forward(self, x, t, cond=None):
+        from unidistill.paths import expand_like
+
+        a, s = expand_like(self.path.alpha(t), x), expand_like(self.path.sigma(t), x)
+        return self.mean + a * self.c**2 * (x - a * self.mean) / (a**2 * self.c**2 + s**2)

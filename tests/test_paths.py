@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+from tests.helpers import GaussianX0Net
 from unidistill import solvers
 from unidistill.denoiser import Denoiser
 from unidistill.paths import (
@@ -271,23 +272,10 @@ def test_ddim_step_matches_diffusers(schedule):
         torch.testing.assert_close(path.add_noise(pred.x0, pred.eps, torch.full((4,), s)), ref, rtol=1e-5, atol=1e-5)
 
 
-class _GaussianX0Net(torch.nn.Module):
-    """Exact x0-prediction for data ~ N(mean, c^2 I) on ``path``:
-    E[x0 | x_t] = mean + a c^2 (x_t - a mean) / (a^2 c^2 + s^2)."""
-
-    def __init__(self, path, c: float = 0.5, mean: float = 0.3) -> None:
-        super().__init__()
-        self.path, self.c, self.mean = path, c, mean
-
-    def forward(self, x, t, cond=None):
-        a, s = expand_like(self.path.alpha(t), x), expand_like(self.path.sigma(t), x)
-        return self.mean + a * self.c**2 * (x - a * self.mean) / (a**2 * self.c**2 + s**2)
-
-
 def test_sample_with_ddim_scheduler_matches_core_ddim():
     sched = DDIMScheduler(clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
     path, _ = path_from_diffusers(sched)
-    model = Denoiser(_GaussianX0Net(path), path, "x0")
+    model = Denoiser(GaussianX0Net(path), path, "x0")
     noise = torch.randn(16, 3, 4, 4, generator=torch.Generator().manual_seed(7))
     ref = solvers.sample_with_scheduler(model, sched, noise, 4)
     grid = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0], dtype=torch.float64)
@@ -300,7 +288,7 @@ def test_sample_with_flow_match_scheduler_matches_core_euler():
     sched = FlowMatchEulerDiscreteScheduler(shift=1.0)
     path, pred_type = path_from_diffusers(sched)
     assert isinstance(path, RectifiedFlow) and pred_type == "flow"
-    model = Denoiser(_GaussianX0Net(path), path, "x0")
+    model = Denoiser(GaussianX0Net(path), path, "x0")
     noise = torch.randn(16, 4, 2, 3, 3, generator=torch.Generator().manual_seed(8))
     steps = 8
     ref = solvers.sample_with_scheduler(model, sched, noise, steps)

@@ -12,9 +12,10 @@ import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 
 from modalities.gmm import GaussianMixture, GmmModality
+from tests.helpers import GaussianX0Net
 from unidistill import solvers
 from unidistill.denoiser import Denoiser, GuidedDenoiser
-from unidistill.paths import EDM, RectifiedFlow, TrigFlow, VPCosine, VPDiscrete, expand_like
+from unidistill.paths import EDM, RectifiedFlow, TrigFlow, VPCosine, VPDiscrete
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -188,24 +189,12 @@ def test_ancestral_is_ddim_with_eta_one(gmm):
 
 
 def test_unknown_solver_raises():
-    model = Denoiser(_GaussianX0Net(RectifiedFlow()), RectifiedFlow(), "x0")
+    model = Denoiser(GaussianX0Net(RectifiedFlow()), RectifiedFlow(), "x0")
     with pytest.raises(ValueError, match="unknown solver 'rk4'.*ddim.*euler.*heun.*dpm_solver_pp_2m"):
         solvers.sample(model, torch.randn(2, 4), 4, solver="rk4")
 
 
 # --- any latent shape: Gaussian data with a closed-form PF-ODE -----------------------------------------
-
-
-class _GaussianX0Net(torch.nn.Module):
-    """Exact x0-prediction for data ~ N(mean, c^2 I): E[x0 | x_t] = mean + a c^2 (x_t - a mean) / (a^2 c^2 + s^2)."""
-
-    def __init__(self, path, c: float = 0.5, mean: float = 0.3) -> None:
-        super().__init__()
-        self.path, self.c, self.mean = path, c, mean
-
-    def forward(self, x, t, cond=None):
-        a, s = expand_like(self.path.alpha(t), x), expand_like(self.path.sigma(t), x)
-        return self.mean + a * self.c**2 * (x - a * self.mean) / (a**2 * self.c**2 + s**2)
 
 
 def _gaussian_ode_solution(path, x_start: torch.Tensor, c: float = 0.5, mean: float = 0.3) -> torch.Tensor:
@@ -232,7 +221,7 @@ GAUSS_PATHS = {
 @pytest.mark.parametrize("solver", ["heun", "dpm_solver_pp_2m", "euler", "ddim"])
 def test_solvers_converge_to_closed_form_on_any_shape(path_name, shape, time_shape, solver):
     path = GAUSS_PATHS[path_name]()
-    model = Denoiser(_GaussianX0Net(path), path, "x0")
+    model = Denoiser(GaussianX0Net(path), path, "x0")
     noise = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     # solvers start from the prior sigma(t_max) * noise (on EDM that is 80 * noise)
     exact = _gaussian_ode_solution(path, float(path.sigma(torch.tensor(path.t_max, dtype=torch.float64))) * noise)
@@ -274,7 +263,7 @@ def test_ancestral_equals_ddpm_scheduler(gmm):
 def test_ancestral_keeps_the_data_marginal():
     """With the exact denoiser, many ancestral steps sample N(mean, c^2) (DDPM's posterior noise is correct)."""
     path = RectifiedFlow()
-    model = Denoiser(_GaussianX0Net(path), path, "x0")
+    model = Denoiser(GaussianX0Net(path), path, "x0")
     noise = torch.randn(4096, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     x = solvers.sample(model, noise, 256, solver="ancestral", generator=torch.Generator().manual_seed(6)).x
     assert float(x.mean()) == pytest.approx(0.3, abs=0.01)  # measured 0.296
