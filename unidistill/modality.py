@@ -140,6 +140,20 @@ class Modality(ABC):
         """The shape of time the networks take; ``None`` means ``[B]``."""
         return None
 
+    # -- the cross-modality regression matrix ------------------------------------------------------------
+
+    @classmethod
+    def tiny(cls) -> Modality | None:
+        """A CPU-seconds instance of this modality for the regression matrix's fast tier: tiny networks,
+        a teacher that loads without files the user must provide (shipped weights or a seeded random
+        network). ``None`` keeps the modality out of the matrix, which the matrix reports with a reason."""
+        return None
+
+    def example_batch(self, n: int, generator: torch.Generator) -> Batch:
+        """``n`` training examples as a latent ``Batch`` (data-free objectives ignore ``x0``), drawn only from
+        ``generator``; used by the regression matrix so no DataModule is needed."""
+        raise NotImplementedError(f"{type(self).__name__} does not provide example_batch()")
+
 
 def register_modality(name: str):
     """Class decorator registering a modality in-process (entry points do the same across packages)."""

@@ -19,6 +19,7 @@ from modalities.gmm.network import MLPDenoiserNet
 from unidistill.denoiser import Denoiser, freeze
 from unidistill.metrics import mmd_rbf, sliced_wasserstein
 from unidistill.modality import Modality
+from unidistill.objectives.base import Batch
 from unidistill.paths import PATHS, Path, check_prediction_type
 
 
@@ -100,6 +101,15 @@ class GmmModality(Modality):
         if guidance_conditioned:
             student.network.enable_guidance_conditioning()
         return student
+
+    @classmethod
+    def tiny(cls) -> GmmModality:
+        """The exact analytic teacher on a 4-D, 4-component mixture and a 2-layer MLP student."""
+        return cls(GaussianMixture(dim=4, num_components=4, num_classes=2, seed=0), hidden=32, depth=2)
+
+    def example_batch(self, n: int, generator: torch.Generator) -> Batch:
+        x, y = self.sample_data(n, generator)
+        return Batch(x, y)
 
     def null_condition(self, cond: Any) -> Any:
         if cond is None:
