@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from unidistill.conditions import slice_cond
 from unidistill.metrics import time_call
 
 
@@ -38,14 +39,16 @@ def compare(
     seeds: Sequence[int] = (0, 1, 2),
     timing_batch: int = 256,
     model_name: str | None = None,
+    timing_repeats: int = 9,
 ) -> list[dict[str, Any]]:
     """Score teacher runs ``(solver, nfe)`` and student NFEs on the same conditions; metrics are averaged
     over ``seeds``; ``ms_per_sample`` is the median of repeated timed calls on ``timing_batch`` samples."""
     n = reference.shape[0] if reference is not None else int(cond.shape[0])
+    timing_batch = min(timing_batch, n)
     rows: list[dict[str, Any]] = []
     runs: list[tuple[str, str, int]] = [("teacher", s, nfe) for s, nfe in teacher_runs]
     runs += [(model_name or module.objective.name, module.objective.student_solver, nfe) for nfe in student_nfes]
-    sub_cond = cond[:timing_batch] if isinstance(cond, torch.Tensor) else cond
+    sub_cond = slice_cond(cond, timing_batch)
     for who, solver, nfe in runs:
         def draw(c: Any, k: int, seed: int, who: str = who, solver: str = solver, nfe: int = nfe) -> Any:
             g = torch.Generator(module.device).manual_seed(seed)
@@ -60,8 +63,8 @@ def compare(
             spent = out.nfe
             for key, value in module.modality.metrics(out.x, cond, reference).items():
                 metrics.setdefault(key, []).append(value)
-        k = min(timing_batch, n)
-        seconds = time_call(lambda k=k: draw(sub_cond, k, 0), repeats=9)
+        k = timing_batch
+        seconds = time_call(lambda k=k: draw(sub_cond, k, 0), repeats=timing_repeats)
         row = {"model": who, "solver": solver, "nfe": spent}
         row |= {key: statistics.fmean(v) for key, v in metrics.items()}
         row["ms_per_sample"] = 1000 * seconds / k

@@ -3,6 +3,7 @@
 * ``bench``  teacher vs student table (quality per NFE and measured speed) for a config and checkpoint;
 * ``export`` the student (EMA when kept) through the modality's exporter (safetensors + config by default);
 * ``demo``   the README's main job: distil the default task, then print the teacher vs student table.
+* ``regress`` every objective x every modality (fast tier), and quality against ``benchmarks/goldens``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from lightning.pytorch.cli import LightningCLI
 
 from unidistill.bench import compare, format_table, write_results
 from unidistill.checkpoint import safe_torch_load
+from unidistill.conditions import cat_cond, slice_cond
 from unidistill.module import DistillationModule
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-DEMO_CONFIG = REPO_CONFIGS / "gmm" / "consistency.yaml"
+DEMO_CONFIG = REPO_CONFIGS / "digits" / "consistency.yaml"
 log = logging.getLogger("unidistill")
 
 
@@ -84,12 +86,12 @@ def reference_batch(module: DistillationModule, datamodule: L.LightningDataModul
     datamodule.setup("validate")
     parts = [module.modality.to_batch(b) for b in datamodule.val_dataloader()]
     x = torch.cat([p.x0 for p in parts])[:limit]
-    cond = torch.cat([p.cond for p in parts])[:limit] if isinstance(parts[0].cond, torch.Tensor) else parts[0].cond
-    return x, cond
+    return x, slice_cond(cat_cond([p.cond for p in parts]), limit)
 
 
 def run_bench(module: DistillationModule, datamodule: L.LightningDataModule, teacher: list[str], nfes: list[int],
-              samples: int | None, seeds: int, out: str | None, command: str, extra: dict | None = None) -> list[dict]:
+              samples: int | None, seeds: int, out: str | None, command: str, extra: dict | None = None,
+              timing_batch: int = 256, timing_repeats: int = 9) -> list[dict]:
     module.eval()
     module._sync_teacher_device()
     x, cond = reference_batch(module, datamodule, samples)
@@ -99,7 +101,8 @@ def run_bench(module: DistillationModule, datamodule: L.LightningDataModule, tea
         if not nfe.isdigit():
             raise ValueError(f"teacher run {spec!r} must look like SOLVER:NFE, e.g. heun:64")
         runs.append((solver, int(nfe)))
-    rows = compare(module, cond, x, nfes, runs if module.teacher is not None else [], seeds=range(seeds))
+    rows = compare(module, cond, x, nfes, runs if module.teacher is not None else [], seeds=range(seeds),
+                   timing_batch=timing_batch, timing_repeats=timing_repeats)
     print(format_table(rows))
     if out:
         path = write_results(Path(out).stem, command, rows, Path(out).parent, extra)
@@ -147,16 +150,37 @@ def demo_main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="unidistill demo", description="distil the default task and compare")
     p.add_argument("--config", default=str(DEMO_CONFIG))
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--samples", type=int, default=8192)
+    p.add_argument("--samples", type=int, default=1000, help="reference samples scored per row")
+    p.add_argument("--teacher", nargs="*", default=["ddim:100", "dpm_solver_pp_2m:4", "dpm_solver_pp_2m:8"],
+                   help="teacher runs as SOLVER:NFE (a guided step costs 2 NFE)")
+    p.add_argument("--nfes", nargs="*", type=int, default=[1, 2, 4], help="student NFEs")
     args, overrides = p.parse_known_args(argv)
-    args.overrides = overrides  # extra LightningCLI arguments, e.g. --trainer.max_steps=200
     if not Path(args.config).is_file():
         raise FileNotFoundError(f"demo config not found at {args.config!r}; run from a source checkout")
-    cli = UnidistillCLI(args=["fit", "--config", args.config, f"--trainer.default_root_dir={args.out}",
-                              *args.overrides])
-    print(f"\nteacher vs student ({type(cli.model.objective).__name__}, {cli.model.modality.name}):")
-    run_bench(cli.model, cli.datamodule, ["ddim:1", "ddim:2", "ddim:4", "heun:64"], [1, 2, 4], args.samples, 3,
-              str(Path(args.out) / "demo.json"), "unidistill demo " + " ".join(argv))
+    cli = UnidistillCLI(args=["fit", "--config", args.config, f"--trainer.default_root_dir={args.out}", *overrides])
+    module, dm = cli.model, cli.datamodule
+    print(f"\nteacher vs student ({type(module.objective).__name__}, {module.modality.name}):")
+    run_bench(module, dm, args.teacher, args.nfes, args.samples, 1, str(Path(args.out) / "demo.json"),
+              "unidistill demo " + " ".join(argv), timing_batch=64, timing_repeats=3)
+    x, cond = reference_batch(module, dm, 10)
+    shown: dict[str, torch.Tensor] = {}
+    for spec in args.teacher[:1]:
+        solver, _, nfe = spec.partition(":")
+        shown[f"teacher {solver} {nfe} NFE"] = module.sample_teacher(cond, x.shape[0], int(nfe),
+                                                                     torch.Generator().manual_seed(0), solver=solver).x
+    for nfe in args.nfes:
+        shown[f"student {nfe} NFE"] = module.sample_student(cond, x.shape[0], nfe, torch.Generator().manual_seed(0)).x
+    for f in module.modality.save_comparison(shown, cond, Path(args.out) / "comparison"):
+        print(f"wrote {f}")
+
+
+def regress_main(argv: list[str]) -> None:
+    """``unidistill regress``: the objective x modality matrix (fast tier) and quality against the goldens."""
+    from unidistill.regression import main as regress
+
+    code = regress(argv)
+    if code:
+        raise SystemExit(code)
 
 
 def quiet_known_warnings() -> None:
@@ -174,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_known_warnings()
     torch.set_float32_matmul_precision("high")
-    commands = {"bench": bench_main, "export": export_main, "demo": demo_main}
+    commands = {"bench": bench_main, "export": export_main, "demo": demo_main, "regress": regress_main}
     check_config_files(argv)
     if argv and argv[0] in commands:
         commands[argv[0]](argv[1:])

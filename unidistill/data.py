@@ -20,6 +20,7 @@ class EpochPermutationSampler(Sampler[int]):
     def __init__(self, length: int, seed: int = 0, shuffle: bool = True) -> None:
         self.length, self.seed, self.shuffle = length, seed, shuffle
         self.epoch, self.start = 0, 0
+        self.start_epoch: int | None = None  # the epoch ``start`` belongs to (None: the next iterated epoch)
 
     def _rank_world(self) -> tuple[int, int]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -40,9 +41,12 @@ class EpochPermutationSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        idx = self.indices()[self.start :]
-        self.start = 0
-        return iter(idx)
+        # A resume position applies only to the epoch it was saved in: a checkpoint taken after the last
+        # batch of an epoch restarts in the next epoch (Lightning moves on without iterating the finished one),
+        # which must then start from its beginning, not skip ``start`` samples of it.
+        start = self.start if self.start_epoch in (None, self.epoch) else 0
+        self.start, self.start_epoch = 0, None
+        return iter(self.indices()[start:])
 
     def __len__(self) -> int:
         return self.length // self._rank_world()[1]
@@ -68,3 +72,4 @@ class ResumableDataLoader(DataLoader):
         self.sampler.set_epoch(int(state["epoch"]))
         self.consumed = int(state["consumed"])
         self.sampler.start = self.consumed * int(self.batch_size or 1)
+        self.sampler.start_epoch = int(state["epoch"])

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from importlib.metadata import entry_points
 from pathlib import Path as FilePath
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -29,11 +30,58 @@ ENTRY_POINT_GROUP = "unidistill.modalities"
 _REGISTRY: dict[str, type[Modality]] = {}
 
 
+@runtime_checkable
+class CausalNetwork(Protocol):
+    """The network contract of a causal modality (``Modality.causal = True``), e.g. streaming video.
+
+    The latent's first trailing axis is the frame axis; frames are grouped into chunks of ``chunk_size``.
+    One network runs two ways: ``causal = False`` attends over the whole clip (a bidirectional teacher), and
+    ``causal = True`` lets each chunk attend to itself and earlier chunks only (a block-causal student).
+
+    Outside a stream, a call takes a whole clip (block-causal mask when ``causal``). After ``reset_cache()``
+    the network streams: each call takes the *next* chunk and attends to the cached keys/values of the
+    earlier chunks; calls inside ``storing()`` also append their keys/values to the cache and advance the
+    frame position, evicting the oldest chunks beyond ``cache_window`` chunks (``None``: keep all), so
+    memory stays bounded however long the stream. ``clear_cache()`` frees the cache and returns to whole
+    clips. The core's causal rollout (``unidistill.objectives.rollout``) relies only on this contract.
+    """
+
+    causal: bool
+    chunk_size: int
+    cache_window: int | None
+
+    def reset_cache(self) -> None:
+        """Start a new stream: empty cache, frame position 0."""
+
+    def clear_cache(self) -> None:
+        """Drop the cache and go back to whole-clip calls."""
+
+    def storing(self) -> AbstractContextManager[None]:
+        """Calls inside append their keys/values to the cache (the chunk becomes context)."""
+
+    def cached_frames(self) -> int:
+        """Frames whose keys/values the cache currently holds (``0`` outside a stream)."""
+
+
+def causal_network(module: Any) -> CausalNetwork:
+    """The ``CausalNetwork`` inside a denoiser-like module (``.network``, ``.denoiser``, ``.base`` or itself);
+    a clear error when the module has none."""
+    seen = module
+    for _ in range(4):
+        if isinstance(seen, CausalNetwork):
+            return seen
+        seen = next((getattr(seen, a) for a in ("network", "denoiser", "base", "module") if hasattr(seen, a)), None)
+        if seen is None:
+            break
+    raise TypeError(f"{type(module).__name__} holds no CausalNetwork (causal, chunk_size, cache_window, "
+                    "reset_cache, clear_cache, storing, cached_frames); causal objectives need a causal modality")
+
+
 class Modality(ABC):
     """Base class of every plugin. Subclasses set ``name`` and implement the abstract hooks."""
 
     name: str = ""
-    #: causal modalities (streaming video) expose chunking and a KV cache on their networks
+    #: causal modalities (streaming video) give networks that satisfy ``CausalNetwork`` and a frame axis first
     causal: bool = False
 
     @property
@@ -67,6 +115,13 @@ class Modality(ABC):
                 )
             enable()
         return student
+
+    @property
+    def guidance_input(self) -> bool:
+        """Whether ``build_student(..., guidance_conditioned=True)`` can give the student a second scalar input
+        (an LCM guidance scale, a flow map's jump length). Default: the network offers
+        ``enable_guidance_conditioning()``."""
+        return callable(getattr(self.new_denoiser().network, "enable_guidance_conditioning", None))
 
     def to_batch(self, data: Any) -> Batch:
         """Turn what the dataloader yields into a latent ``Batch`` (encoding data if needed)."""
@@ -117,6 +172,17 @@ class Modality(ABC):
         path = out / "samples.safetensors"
         save_file({"samples": samples.detach().cpu().contiguous()}, str(path))
         return [path]
+
+    def save_comparison(self, samples: dict[str, Tensor], cond: Any, out_dir: str | FilePath) -> list[FilePath]:
+        """Write several models' samples for the same conditions and seeds so people can compare them;
+        ``samples`` maps a row label (e.g. ``"teacher ddim 100 NFE"``) to latents. Default: one
+        ``save_samples`` folder per label."""
+        out = FilePath(out_dir)
+        files: list[FilePath] = []
+        for i, (label, x) in enumerate(samples.items()):
+            safe = "".join(ch if ch.isalnum() else "_" for ch in label)
+            files += self.save_samples(x, cond, out / f"{i:02d}_{safe}")
+        return files
 
     def export(self, student: Denoiser, out_dir: str | FilePath) -> list[FilePath]:
         """Write the trained student for use outside unidistill; default: safetensors plus a JSON card."""

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from unidistill.conditions import cat_cond
 from unidistill.data import ResumableDataLoader
 from unidistill.denoiser import GuidedDenoiser
 from unidistill.modality import Modality
@@ -54,6 +55,9 @@ class DistillationModule(L.LightningModule):
         teacher_solver: solver for teacher sampling.
         save_val_samples: write each validation's samples through the modality's ``save_samples``
             (PNG grids, audio, point clouds, ...) under ``<log_dir>/samples/step_<n>/``.
+        shard_teacher: under Lightning's ``ModelParallelStrategy`` (FSDP2), also ``fully_shard`` the frozen
+            teacher's network across the data-parallel mesh (less memory per rank, an all-gather per teacher
+            call); by default every rank holds a full replica. The trainable roles are always sharded.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class DistillationModule(L.LightningModule):
         teacher_guidance: float = 1.0,
         teacher_solver: str = "heun",
         save_val_samples: bool = True,
+        shard_teacher: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -89,6 +94,7 @@ class DistillationModule(L.LightningModule):
         self.val_teacher_nfes = list(val_teacher_nfes or [])
         self.teacher_guidance, self.teacher_solver = teacher_guidance, teacher_solver
         self.save_val_samples = save_val_samples
+        self.shard_teacher = shard_teacher
         if teacher_solver not in SOLVERS:
             raise ValueError(f"unknown teacher_solver {teacher_solver!r}; valid: {', '.join(SOLVERS)}")
         if accumulate_grad_batches < 1:
@@ -168,6 +174,31 @@ class DistillationModule(L.LightningModule):
         if x is None:
             x = torch.randn((n, *self.modality.latent_shape), generator=generator, device=self.device)
         return x
+
+    # --- sharding (FSDP2 through Lightning's ModelParallelStrategy) ----------------------------
+    def configure_model(self) -> None:
+        """Shard each trainable role's network (and the teacher's with ``shard_teacher``) with FSDP2's
+        ``fully_shard`` over the data-parallel mesh. A no-op without a device mesh (every other strategy).
+        The networks, not their ``Denoiser`` wrappers, are sharded: objectives call wrapper methods such as
+        ``raw`` that only reach the parameters through the network's own forward, where FSDP2 gathers them."""
+        mesh = self.device_mesh if self._trainer is not None else None
+        if mesh is None:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        if self.ema is not None or self.target is not None:
+            raise ValueError("FSDP2 sharding does not support an EMA/target copy of the student yet; set "
+                             "ema_decay: null (and an objective without target_decay) or use DDP")
+        dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        roles = [self.student, *self.aux.values()]
+        if self.shard_teacher and self.teacher is not None:
+            self.teacher.to(self.device)
+            roles.append(self.teacher)
+        for role in roles:
+            for unit in _shard_units(role):
+                # explicit: a root unit would otherwise stay gathered after a no_grad forward (FSDP2 keeps
+                # roots unsharded for the backward it expects), and every role here is its own root
+                fully_shard(unit, mesh=dp, reshard_after_forward=True)
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -337,7 +368,7 @@ class DistillationModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         for key, parts in self._val_outputs.items():
             samples = torch.cat([p[0] for p in parts])
-            cond = _cat_cond([p[1] for p in parts])
+            cond = cat_cond([p[1] for p in parts])
             ref = None if parts[0][2] is None else torch.cat([p[2] for p in parts])
             for name, value in self.modality.metrics(samples, cond, ref).items():
                 self.log(f"val/{name}/{key}", value, sync_dist=True)
@@ -347,11 +378,17 @@ class DistillationModule(L.LightningModule):
         self._val_outputs = {}
 
 
-def _cat_cond(conds: list[Any]) -> Any:
-    if conds[0] is None:
-        return None
-    if isinstance(conds[0], Tensor):
-        return torch.cat(conds)
-    if isinstance(conds[0], dict):
-        return {k: _cat_cond([c[k] for c in conds]) for k in conds[0]}
-    raise TypeError(f"cannot concatenate conditions of type {type(conds[0]).__name__}")
+def _shard_units(role: nn.Module) -> list[nn.Module]:
+    """What to ``fully_shard`` in one role: every ``network`` inside a ``Denoiser``, then each child holding
+    only other parameters (heads), then the role itself if parameters remain; FSDP2 gathers a unit's
+    parameters in its forward, and these are the modules the objectives call."""
+    units = [m.network for m in role.modules() if isinstance(getattr(m, "network", None), nn.Module)]
+    covered = {id(p) for u in units for p in u.parameters()}
+    for child in role.children():
+        params = list(child.parameters())
+        if params and not any(id(p) in covered for p in params):
+            units.append(child)
+            covered |= {id(p) for p in params}
+    if any(id(p) not in covered for p in role.parameters()):
+        units.append(role)
+    return [u for u in units if any(True for _ in u.parameters())]

@@ -1,7 +1,8 @@
 """Distillation objectives: one module per family, pure PyTorch (no Lightning)."""
 
 from unidistill.objectives.adversarial import AdversarialDistillation
-from unidistill.objectives.base import Batch, Context, LossOutput, Objective, run_iteration
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective, Unsupported, run_iteration
+from unidistill.objectives.causal import CausVid, DiffusionForcing, SelfForcing, TeacherForcing
 from unidistill.objectives.consistency import ConsistencyDistillation, ConsistencyFunction
 from unidistill.objectives.denoising import DenoisingObjective
 from unidistill.objectives.dmd import DMD2, decoupled_dmd, f_divergence_weight
@@ -17,12 +18,14 @@ from unidistill.objectives.sid import ScoreIdentityDistillation
 __all__ = [
     "AdversarialDistillation",
     "Batch",
+    "CausVid",
     "ConsistencyDistillation",
     "ConsistencyFunction",
     "Context",
     "ContinuousConsistency",
     "DMD2",
     "DenoisingObjective",
+    "DiffusionForcing",
     "FakeScore",
     "FlowMapDistillation",
     "FlowMapModel",
@@ -34,7 +37,10 @@ __all__ = [
     "ProgressiveDistillation",
     "Reflow",
     "ScoreIdentityDistillation",
+    "SelfForcing",
+    "TeacherForcing",
     "TrajectoryRegression",
+    "Unsupported",
     "build_fake_score",
     "decoupled_dmd",
     "f_divergence_weight",

@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unidistill.objectives.base import Batch, Context, LossOutput, Objective
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective, Unsupported
 from unidistill.objectives.dmd import student_sample
 from unidistill.objectives.fake_score import (
     FeatureHead,
     capture_features,
+    default_feature_layer,
     frozen_params,
     has_parameters,
     infer_channels,
@@ -77,6 +78,15 @@ class AdversarialDistillation(Objective):
 
     trainable_roles = ("student", "discriminator")
     student_solver = "consistency"
+
+    @classmethod
+    def tiny(cls, modality: Any) -> AdversarialDistillation:
+        teacher = modality.load_teacher()
+        if not has_parameters(teacher):
+            raise Unsupported("hooks features of the teacher network; this modality's tiny teacher has no "
+                              "parameters (an analytic teacher)")
+        return cls(feature_layers=[default_feature_layer(network_of(teacher))], head_hidden=16, distill_weight=2.5,
+                   synthetic_steps=4)
 
     def __init__(
         self,

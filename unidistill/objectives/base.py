@@ -105,6 +105,11 @@ class LossOutput(NamedTuple):
     logs: dict[str, Tensor]
 
 
+class Unsupported(Exception):
+    """Raised by ``Objective.tiny`` when the objective cannot run on a modality; the message is the reason
+    (e.g. it hooks teacher features and the modality's tiny teacher is analytic)."""
+
+
 class Objective(ABC):
     """Base class; see the module docstring for the contract."""
 
@@ -148,6 +153,23 @@ class Objective(ABC):
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    # -- the cross-modality regression matrix (unidistill.regression) -----------------------------------
+    @classmethod
+    def tiny(cls, modality: Any) -> Objective:
+        """A CPU-seconds instance for ``modality`` (a ``Modality``): few teacher steps, short phases, small
+        heads. Every concrete objective must define it, or the regression matrix reports it as an error; raise
+        ``Unsupported(reason)`` when the objective cannot run on this modality for a reason that
+        ``unsupported_reason`` cannot see (e.g. an analytic teacher has no features to hook)."""
+        raise NotImplementedError(
+            f"{cls.__name__} defines no tiny() defaults; add a classmethod tiny(modality) so the regression matrix "
+            "can run it"
+        )
+
+    @classmethod
+    def tiny_variants(cls, modality: Any) -> dict[str, Objective]:
+        """Named tiny instances, one matrix column each; override to cover options that change the code path."""
+        return {cls.__name__: cls.tiny(modality)}
 
 
 def check_finite(objective: Objective, role: str, iteration: int, out: LossOutput) -> None:

@@ -61,6 +61,10 @@ class ConsistencyDistillation(Objective):
     i.e. ``U[6, 16]`` here.
     """
 
+    @classmethod
+    def tiny(cls, modality: Any) -> ConsistencyDistillation:
+        return cls(num_intervals=8, target_decay=0.9)
+
     def __init__(
         self,
         num_intervals: int = 50,

@@ -39,6 +39,10 @@ class DenoisingObjective(Objective):
     needs_teacher = False
     student_solver = "heun"
 
+    @classmethod
+    def tiny(cls, modality: Any) -> DenoisingObjective:
+        return cls(cond_dropout=0.25)
+
     def __init__(self, time_sampler: TimeSampler | None = None, cond_dropout: float = 0.1) -> None:
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")

@@ -122,6 +122,21 @@ class DMD2(Objective):
     trainable_roles = ("student", "fake_score")
     student_solver = "consistency"
 
+    @classmethod
+    def tiny(cls, modality: Any) -> DMD2:
+        return cls(fake_updates_per_student=2, head_hidden=16, regression_steps=4)
+
+    @classmethod
+    def tiny_variants(cls, modality: Any) -> dict[str, DMD2]:
+        if cls is not DMD2:
+            return super().tiny_variants(modality)
+        return {
+            "DMD2": cls.tiny(modality),
+            "DMD2[decoupled]": cls(decoupled=True, guidance_scale=1.5, fake_updates_per_student=2),
+            "DMD2[js+gan+regression]": cls(f_divergence="js", gan_generator_weight=3e-3, regression_weight=0.25,
+                                           regression_steps=4, fake_updates_per_student=2, head_hidden=16),
+        }
+
     def __init__(
         self,
         guidance_scale: float = 1.0,
@@ -194,6 +209,11 @@ class DMD2(Objective):
         raise ValueError(f"{self.name} has no role {role!r}; roles: {self.trainable_roles}")
 
     # --- the two updates -------------------------------------------------------------------
+    def generate(self, batch: Batch, ctx: Context, grad: bool) -> tuple[Tensor, Tensor]:
+        """The student samples both updates see, and the time of the call that made them; subclasses change
+        how the student is run (e.g. the causal rollouts of ``unidistill.objectives.causal``)."""
+        return student_sample(ctx.student, batch, ctx, self.student_steps, grad)
+
     def dm_direction(self, x: Tensor, x_t: Tensor, t: Tensor, t_in: Tensor, batch: Batch, ctx: Context,
                      fake: FakeScore) -> tuple[Tensor, dict[str, Tensor]]:
         """The per-element DMD direction ``g`` (no_grad), plain, decoupled and/or f-divergence weighted."""
@@ -227,7 +247,7 @@ class DMD2(Objective):
     def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
         fake: FakeScore = ctx.roles["fake_score"]
         path = ctx.teacher.path
-        x, t_in = student_sample(ctx.student, batch, ctx, self.student_steps, grad=True)
+        x, t_in = self.generate(batch, ctx, grad=True)
         t = self.dm_time(path, batch.size, ctx.generator).to(x)
         x_t = path.add_noise(x.detach(), ctx.randn(x.shape), t)
         with torch.no_grad():
@@ -251,7 +271,7 @@ class DMD2(Objective):
         fake: FakeScore = ctx.roles["fake_score"]
         path = fake.path
         with torch.no_grad():
-            x, _ = student_sample(ctx.student, batch, ctx, self.student_steps, grad=False)
+            x, _ = self.generate(batch, ctx, grad=False)
         t = self.fake_time(path, batch.size, ctx.generator).to(x)
         eps = ctx.randn(x.shape)
         x_t = path.add_noise(x, eps, t)

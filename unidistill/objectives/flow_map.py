@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from unidistill.denoiser import GuidedDenoiser
-from unidistill.objectives.base import Batch, Context, LossOutput, Objective
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective, Unsupported
 from unidistill.objectives.losses import squared_error
 from unidistill.paths import expand_like
 from unidistill.timesteps import TimeSampler, UniformTime
@@ -76,6 +76,13 @@ class FlowMapDistillation(Objective):
     def student_takes_guidance(self) -> bool:
         """The student's guidance slot carries the interval ``t - r`` (see the module docstring)."""
         return True
+
+    @classmethod
+    def tiny(cls, modality: Any) -> FlowMapDistillation:
+        if not modality.guidance_input:
+            raise Unsupported(f"the student needs a second scalar input for the jump length t - r; the "
+                              f"{modality.name or type(modality).__name__} modality's network has none")
+        return cls(flow_ratio=0.5, tangent_warmup=2)
 
     def __init__(self, guidance_scale: float = 1.0, flow_ratio: float = 0.5, time_sampler: TimeSampler | None = None,
                  adaptive_p: float = 1.0, adaptive_c: float = 1e-3, tangent_warmup: int = 0) -> None:

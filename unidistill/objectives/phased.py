@@ -38,6 +38,10 @@ class PhasedConsistencyDistillation(ConsistencyDistillation):
 
     student_solver = "ddim"
 
+    @classmethod
+    def tiny(cls, modality: Any) -> PhasedConsistencyDistillation:
+        return cls(num_phases=2, num_intervals=8, target_decay=0.9)
+
     def __init__(self, num_phases: int = 4, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if num_phases < 1:

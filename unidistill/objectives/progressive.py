@@ -88,6 +88,12 @@ class ProgressiveDistillation(Objective):
 
     student_solver = "ddim"
 
+    @classmethod
+    def tiny(cls, modality: Any) -> ProgressiveDistillation:
+        # phases of two iterations, so a fast-tier run crosses a phase switch (the previous student becomes
+        # the phase teacher)
+        return cls(teacher_steps=4, final_steps=1, phase_length=2)
+
     def __init__(
         self,
         teacher_steps: int = 64,

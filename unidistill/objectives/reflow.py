@@ -45,6 +45,11 @@ def _seed(*parts: int) -> int:
 class Reflow(Objective):
     student_solver = "ddim"
 
+    @classmethod
+    def tiny(cls, modality: Any) -> Reflow:
+        # one reflow round of two iterations, then the distillation stage, within a fast-tier run
+        return cls(rounds=1, round_length=2, coupling_steps=3)
+
     def __init__(
         self,
         rounds: int = 1,

@@ -36,6 +36,10 @@ from unidistill.solvers import initial_latent, ode_step
 class TrajectoryRegression(Objective):
     student_solver = "ddim"
 
+    @classmethod
+    def tiny(cls, modality: Any) -> TrajectoryRegression:
+        return cls(student_steps=2, teacher_steps=4)
+
     def __init__(
         self,
         student_steps: int = 1,

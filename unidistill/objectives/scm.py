@@ -58,6 +58,10 @@ class ContinuousConsistency(Objective):
 
     student_solver = "consistency"
 
+    @classmethod
+    def tiny(cls, modality: Any) -> ContinuousConsistency:
+        return cls(sigma_data=1.0, tangent_warmup=2)
+
     def __init__(
         self,
         sigma_data: float = 0.5,

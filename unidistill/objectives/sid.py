@@ -31,6 +31,10 @@ class ScoreIdentityDistillation(DMD2):
     DMD2-only generator terms (GAN, regression, decoupled guidance, f-divergence weights) are not used here.
     """
 
+    @classmethod
+    def tiny(cls, modality: Any) -> ScoreIdentityDistillation:
+        return cls(fake_updates_per_student=1)
+
     def __init__(self, alpha: float = 1.2, **kwargs: Any) -> None:
         for key in ("decoupled", "gan_generator_weight", "regression_weight"):
             if kwargs.get(key):

@@ -1,0 +1,112 @@
+"""Digits text-to-image: the guided teacher against distilled students, in one run.
+
+    python benchmarks/image.py                                  # distil + score (see --objectives)
+    python benchmarks/image.py --skip-train                     # score existing runs/bench_image/*/last.ckpt
+
+Rows: the teacher at its full schedule (DDIM, 50 guided steps = 100 NFE) and with DPM-Solver++ at 4, 8 and
+16 NFE (2, 4, 8 guided steps), then every student at 1, 2 and 4 NFE: ``fd_digits`` (Fréchet distance in the
+task classifier's features, against all 1,797 real digits' held-out captions), ``prompt_accuracy``,
+milliseconds per image (median of timed batches of 64) and speed-up over the full teacher. Each student's
+distillation budget (CPU minutes of its ``unidistill fit``) is recorded. Writes benchmarks/results/image.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from unidistill.bench import compare, format_table, write_results  # noqa: E402
+from unidistill.cli import build, load_weights, reference_batch  # noqa: E402
+
+TEACHER_RUNS = [("ddim", 100), ("dpm_solver_pp_2m", 4), ("dpm_solver_pp_2m", 8), ("dpm_solver_pp_2m", 16)]
+
+
+def children_cpu_minutes() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (usage.ru_utime + usage.ru_stime) / 60
+
+
+def distil(objective: str, runs: Path, extra: list[str]) -> dict:
+    out = runs / objective
+    before, start = children_cpu_minutes(), time.perf_counter()
+    cmd = [sys.executable, "-m", "unidistill.cli", "fit", "--config", f"configs/digits/{objective}.yaml",
+           f"--trainer.default_root_dir={out}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+           *extra]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    budget = {"cpu_minutes": children_cpu_minutes() - before, "wall_minutes": (time.perf_counter() - start) / 60,
+              "command": " ".join(cmd[2:]), "threads": os.environ.get("OMP_NUM_THREADS")}
+    (out / "budget.json").write_text(json.dumps(budget, indent=2))
+    return budget
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--objectives", nargs="*", default=["consistency", "dmd2", "progressive", "regression", "reflow",
+                                                       "adversarial"])
+    p.add_argument("--samples", type=int, default=1797)
+    p.add_argument("--runs", default="runs/bench_image")
+    p.add_argument("--skip-train", action="store_true", help="score runs/<objective>/ as they are (budgets from "
+                   "their budget.json)")
+    p.add_argument("--extra", nargs="*", default=[], help="extra `unidistill fit` overrides for every student")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    runs = ROOT / args.runs
+    budgets = {}
+    for obj in args.objectives:
+        if not args.skip_train:
+            budgets[obj] = distil(obj, runs, args.extra)
+            print(f"{obj}: {budgets[obj]['cpu_minutes']:.1f} CPU min")
+        elif (runs / obj / "budget.json").is_file():
+            budgets[obj] = json.loads((runs / obj / "budget.json").read_text())
+    module, dm = build(ROOT / "configs/digits/consistency.yaml")
+    module.eval()
+    x, cond = reference_batch(module, dm, args.samples)
+    rows = compare(module, cond, x, [], TEACHER_RUNS, seeds=[0], timing_batch=64, timing_repeats=3)
+    full_ms = rows[0]["ms_per_sample"]
+    for obj in args.objectives:
+        ckpt = runs / obj / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            print(f"skipping {obj}: no checkpoint at {ckpt}")
+            continue
+        m, _ = build(ROOT / f"configs/digits/{obj}.yaml")
+        load_weights(m, ckpt)
+        m.eval()
+        student_rows = compare(m, cond, x, [1, 2, 4], [], seeds=[0], timing_batch=64, timing_repeats=3,
+                               model_name=obj)
+        for r in student_rows:
+            r["distill_cpu_minutes"] = budgets.get(obj, {}).get("cpu_minutes")
+        rows += student_rows
+    for r in rows:
+        r["speedup_vs_teacher"] = full_ms / r["ms_per_sample"]
+    print(format_table(rows))
+    teacher_fd = rows[0]["fd_digits"]
+    students = [r for r in rows if r["model"] != "teacher"]
+    dpm4 = next(r for r in rows if r["model"] == "teacher" and r["nfe"] == 4)
+    summary = {
+        "teacher_full_fd_digits": teacher_fd,
+        "teacher_guidance": module.teacher_guidance,
+        "best_1nfe_ratio": min((r["fd_digits"] / teacher_fd for r in students if r["nfe"] == 1), default=None),
+        "best_2nfe_ratio": min((r["fd_digits"] / teacher_fd for r in students if r["nfe"] == 2), default=None),
+        "every_1nfe_beats_teacher_dpm_4nfe": all(r["fd_digits"] < dpm4["fd_digits"] for r in students
+                                                 if r["nfe"] == 1) if students else None,
+    }
+    print(summary)
+    command = "python benchmarks/image.py " + " ".join(sys.argv[1:])
+    path = write_results("image", command, rows, ROOT / "benchmarks/results",
+                         {"budgets": budgets, "summary": summary, "threads": os.environ.get("OMP_NUM_THREADS")})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Causal streaming video on moving digits: the bidirectional teacher at its full schedule against the causal
+students (CausVid, Self-Forcing, and the teacher-forcing / diffusion-forcing baselines) at 1, 2 and 4 steps
+per chunk, in one run on one machine.
+
+    OMP_NUM_THREADS=1 python benchmarks/video.py --out benchmarks/results/video.json
+
+Students are the exported (EMA) weights ``runs/video/<run>/export/student.safetensors`` of the configs in
+``configs/moving_digits/`` (``--students LABEL=RUN ...``). Quality: ``fvd_moving_digits`` and
+``fd_frames_moving_digits`` (Fréchet distances in
+the task's own feature network, not I3D/Inception), identity consistency and caption accuracy, on
+``--samples`` clips of 16 frames against held-out real clips with the same captions. Speed, at batch 1 (medians
+of repeats): time to first frame (teacher: the whole clip, it is bidirectional), steady-state frames per second
+(teacher: 16 / clip time), and the time to produce 16, 64 and 256 frames (teacher: consecutive independent
+16-frame clips; it cannot continue a clip). Drift: the FVD of frames 193-256 of 256-frame streams against real
+clips simulated for 256 frames, divided by the FVD of frames 1-16 of the same streams. A GIF of each model is
+written next to the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from modalities.video import VideoModality, generate_stream, save_gif  # noqa: E402
+from modalities.video.plugin import load_weights  # noqa: E402
+from tasks.moving_digits import MovingDigitsEvaluator, make_clips  # noqa: E402
+from tasks.moving_digits.features import windows  # noqa: E402
+from tasks.moving_digits.text import caption_embeddings  # noqa: E402
+from unidistill.bench import write_results  # noqa: E402
+from unidistill.denoiser import Denoiser, GuidedDenoiser  # noqa: E402
+from unidistill.objectives.rollout import causal_sample  # noqa: E402
+from unidistill.solvers import sample  # noqa: E402
+
+STUDENTS = ["CausVid=causvid", "SelfForcing=self_forcing", "TeacherForcing=teacher_forcing",
+            "DiffusionForcing=diffusion_forcing"]
+NET = {"frames": 16, "size": 32, "patch": 8, "dim": 64, "depth": 4, "heads": 4, "cond_dim": 384, "chunk_size": 4,
+       "cache_window": 3, "teacher": str(ROOT / "tasks/moving_digits/weights/teacher.safetensors")}
+
+
+def median_time(fn: Any, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def student(modality: VideoModality, weights: Path) -> Denoiser:
+    den = modality.new_denoiser()
+    den.network.causal = True
+    load_weights(den.network, weights, "student")
+    return den.eval().requires_grad_(False)
+
+
+def reference(n: int, frames: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    clips, captions, _ = make_clips(range(seed, seed + n), frames=frames, held_out=True)
+    return clips, caption_embeddings()[captions]
+
+
+def stream_clip(model: Denoiser, cond: torch.Tensor, steps: int, frames: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack(list(generate_stream(cond, model, steps, generator=g, max_frames=frames)), dim=1)
+
+
+def stream_timing(model: Denoiser, cond: torch.Tensor, steps: int, repeats: int) -> dict[str, float]:
+    """Batch-1 streaming: time to first frame, steady-state FPS (frames 17-64), time to 16/64/256 frames."""
+    out: dict[str, float] = {}
+
+    def ttff() -> None:
+        next(iter(generate_stream(cond, model, steps, max_frames=1)))
+
+    out["time_to_first_frame_ms"] = 1000 * median_time(ttff, repeats)
+    for n in (16, 64, 256):
+        out[f"time_{n}_frames_s"] = median_time(lambda n=n: list(generate_stream(cond, model, steps, max_frames=n)),
+                                                repeats if n < 256 else max(1, repeats // 2))
+    out["fps_steady"] = 48 / max(out["time_64_frames_s"] - out["time_16_frames_s"], 1e-9)
+    return out
+
+
+def batch_fps(model: Denoiser, cond: torch.Tensor, steps: int) -> float:
+    """Steady-state frames per second summed over a batch of streams (frames 17-64)."""
+    t16 = median_time(lambda: list(generate_stream(cond, model, steps, max_frames=16)), 3)
+    t64 = median_time(lambda: list(generate_stream(cond, model, steps, max_frames=64)), 3)
+    return cond.shape[0] * 48 / max(t64 - t16, 1e-9)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--samples", type=int, default=128)
+    p.add_argument("--drift-samples", type=int, default=64)
+    p.add_argument("--teacher-steps", type=int, default=32, help="Heun steps of the teacher (2 NFE each but the last)")
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--steps", type=int, nargs="*", default=[1, 2, 4])
+    p.add_argument("--drift-steps", type=int, nargs="*", default=[4])
+    p.add_argument("--students", nargs="*", default=STUDENTS,
+                   help="LABEL=RUN pairs: the weights are runs/video/RUN/export/student.safetensors")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--throughput-batch", type=int, default=16)
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/video.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    modality = VideoModality(**NET)
+    evaluator = MovingDigitsEvaluator()
+    out_dir = Path(args.out).parent
+    real, cond = reference(args.samples, 16, 900_000)
+    one = cond[:1]
+    rows: list[dict[str, Any]] = []
+
+    teacher = modality.load_teacher()
+    guided = GuidedDenoiser(teacher, args.guidance, modality.null_condition)
+
+    def teacher_clip(c: torch.Tensor, seed: int) -> Any:
+        g = torch.Generator().manual_seed(seed)
+        return sample(guided, torch.randn(c.shape[0], *modality.latent_shape, generator=g), args.teacher_steps, c,
+                      "heun", time_shape=modality.time_shape(c.shape[0]))
+
+    with torch.no_grad():
+        res = teacher_clip(cond, 0)
+        clip_s = median_time(lambda: teacher_clip(one, 1), args.repeats)
+        row = {"model": "teacher", "solver": "heun", "nfe": res.nfe, "steps_per_chunk": None,
+               **evaluator.metrics(res.x, cond, real), "time_to_first_frame_ms": 1000 * clip_s,
+               "fps_steady": 16 / clip_s, "time_16_frames_s": clip_s,
+               "time_64_frames_s": median_time(lambda: [teacher_clip(one, s) for s in range(4)], 1),
+               "time_256_frames_s": median_time(lambda: [teacher_clip(one, s) for s in range(16)], 1),
+               "ms_per_sample": 1000 * clip_s}
+        many = cond[: args.throughput_batch]
+        row[f"fps_steady_batch{many.shape[0]}"] = many.shape[0] * 16 / median_time(lambda: teacher_clip(many, 2), 3)
+        rows.append(row)
+        save_gif(modality.decode(res.x[:16]), out_dir / "video_teacher.gif")
+        print(row, flush=True)
+        teacher_fps, teacher_ttff = row["fps_steady"], row["time_to_first_frame_ms"]
+        teacher_fps_many = row[f"fps_steady_batch{many.shape[0]}"]
+
+        long_real, long_cond = reference(args.drift_samples, 256, 950_000)
+        for spec in args.students:
+            name, _, run = spec.partition("=")
+            weights = ROOT / "runs" / "video" / run / "export" / "student.safetensors"
+            if not weights.is_file():
+                print(f"skipping {name}: {weights} not found", flush=True)
+                continue
+            model = student(modality, weights)
+            for steps in args.steps:
+                g = torch.Generator().manual_seed(0)
+                x = causal_sample(model, torch.randn(cond.shape[0], *modality.latent_shape, generator=g),
+                                  model.path.time_grid(steps), cond, generator=g)
+                row = {"model": name, "run": run, "solver": "causal", "nfe": x.nfe // (16 // 4),
+                       "steps_per_chunk": steps,
+                       **evaluator.metrics(x.x, cond, real), **stream_timing(model, one, steps, args.repeats)}
+                row["ms_per_sample"] = 1000 * row["time_16_frames_s"]
+                many = cond[: args.throughput_batch]
+                key = f"batch{many.shape[0]}"
+                row[f"fps_steady_{key}"] = batch_fps(model, many, steps)
+                row["speedup_vs_teacher"] = row["fps_steady"] / teacher_fps
+                row[f"speedup_vs_teacher_{key}"] = row[f"fps_steady_{key}"] / teacher_fps_many
+                row["ttff_reduction_vs_teacher"] = teacher_ttff / row["time_to_first_frame_ms"]
+                row["time_256_over_16"] = row["time_256_frames_s"] / row["time_16_frames_s"]
+                if steps in args.drift_steps:
+                    long = stream_clip(model, long_cond, steps, 256, 7)
+                    first = evaluator.fvd(long[:, :16], long_real[:, :16])
+                    late = evaluator.fvd(windows(long, 192, 256), windows(long_real, 192, 256))
+                    row.update({"fvd_frames_1_16": first, "fvd_frames_193_256": late, "drift": late / first})
+                    save_gif(modality.decode(long[:8, ::4]), out_dir / f"video_{run}_{steps}step_256f.gif")
+                if steps == max(args.steps):
+                    save_gif(modality.decode(x.x[:16]), out_dir / f"video_{run}_{steps}step.gif")
+                rows.append(row)
+                print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    command = "OMP_NUM_THREADS=1 python benchmarks/video.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    path = write_results(Path(args.out).stem, command, rows, out_dir,
+                         {"teacher": f"heun {args.teacher_steps} steps, guidance {args.guidance}",
+                          "timing": "batch 1, single thread, medians"})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
