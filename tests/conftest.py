@@ -8,6 +8,16 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny networks gain nothing from intra-op threads, and on a loaded machine they lose a lot; modules
+    opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_gmm_args(tmp_path):
     """LightningCLI arguments for a seconds-long gmm run (small MLP, small batches) in ``tmp_path``."""
     return [

@@ -25,14 +25,7 @@ from modalities.policy.evaluation import check_spaces
 from unidistill.objectives import DMD2, ConsistencyDistillation, DenoisingObjective, run_iteration
 from unidistill.solvers import sample
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny policy networks gain nothing from intra-op threads, and on a loaded machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RecordingPlanner:

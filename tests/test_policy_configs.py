@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from unidistill.cli import main
 
@@ -13,13 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for task in ("reach_around", "reacher") for p in (ROOT / "configs" / task).glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny policy networks gain nothing from intra-op threads, and on a loaded machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_task_ships_teacher_consistency_dmd2_and_the_baseline():

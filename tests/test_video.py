@@ -16,13 +16,7 @@ from unidistill.paths import RectifiedFlow
 FRAMES, CHUNK, SIZE = 8, 2, 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny video nets are dominated by per-op overhead, which a second intra-op thread only adds to."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net(causal: bool = True, window: int | None = None, seed: int = 0) -> VideoDiT:

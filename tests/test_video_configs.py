@@ -14,13 +14,7 @@ CONFIGS = sorted((ROOT / "configs" / "moving_digits").glob("*.yaml"))
 FAST = ["--trainer.max_steps=2", "--model.objective.init_args.fake_updates_per_student=1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny video nets are dominated by per-op overhead, which a second intra-op thread only adds to."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_required_configs_are_shipped():

@@ -151,7 +151,7 @@ def demo_main(argv: list[str]) -> None:
     p.add_argument("--config", default=str(DEMO_CONFIG))
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--samples", type=int, default=1000, help="reference samples scored per row")
-    p.add_argument("--teacher", nargs="*", default=["ddim:100", "dpm_solver_pp_2m:4", "dpm_solver_pp_2m:8"],
+    p.add_argument("--teacher", nargs="*", default=["ddim:50", "dpm_solver_pp_2m:4", "dpm_solver_pp_2m:8"],
                    help="teacher runs as SOLVER:NFE (a guided step costs 2 NFE)")
     p.add_argument("--nfes", nargs="*", type=int, default=[1, 2, 4], help="student NFEs")
     args, overrides = p.parse_known_args(argv)
