@@ -1,13 +1,14 @@
-"""Digits text-to-image: the guided teacher against distilled students, in one run.
+"""Digits text-to-image: the teacher against distilled students, in one run.
 
     python benchmarks/image.py                                  # distil + score (see --objectives)
     python benchmarks/image.py --skip-train                     # score existing runs/bench_image/*/last.ckpt
 
 Rows: the teacher at its full schedule (DDIM, 50 steps; its best fd_digits is unguided, see
-tasks/digits/weights/teacher/report.json) and with DPM-Solver++ at 4, 8 and 16 NFE, then every student at 1, 2 and 4 NFE: ``fd_digits`` (Fréchet distance in the
-task classifier's features, against all 1,797 real digits' held-out captions), ``prompt_accuracy``,
-milliseconds per image (median of timed batches of 64) and speed-up over the full teacher. Each student's
-distillation budget (CPU minutes of its ``unidistill fit``) is recorded. Writes benchmarks/results/image.json.
+tasks/digits/weights/teacher/report.json) and with DPM-Solver++ at 4, 8 and 16 NFE, then every student at 1, 2
+and 4 NFE: ``fd_digits`` (Fréchet distance in the task classifier's features, samples for held-out captions
+against all 1,797 real digits), ``prompt_accuracy``, k-NN precision/recall, milliseconds per image (median of
+timed batches of 64) and speed-up over the full teacher. Each student's distillation budget (CPU minutes of its
+``unidistill fit``) is recorded. Writes benchmarks/results/image.json.
 """
 
 from __future__ import annotations
