@@ -19,9 +19,7 @@ written next to the JSON.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,7 @@ from tasks.moving_digits.features import windows  # noqa: E402
 from tasks.moving_digits.text import caption_embeddings  # noqa: E402
 from unidistill.bench import write_results  # noqa: E402
 from unidistill.denoiser import Denoiser, GuidedDenoiser  # noqa: E402
+from unidistill.metrics import time_call  # noqa: E402
 from unidistill.objectives.rollout import causal_sample  # noqa: E402
 from unidistill.solvers import sample  # noqa: E402
 
@@ -44,15 +43,6 @@ STUDENTS = ["CausVid=causvid", "SelfForcing=self_forcing", "TeacherForcing=teach
             "DiffusionForcing=diffusion_forcing"]
 NET = {"frames": 16, "size": 32, "patch": 8, "dim": 64, "depth": 4, "heads": 4, "cond_dim": 384, "chunk_size": 4,
        "cache_window": 3, "teacher": str(ROOT / "tasks/moving_digits/weights/teacher.safetensors")}
-
-
-def median_time(fn: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def student(modality: VideoModality, weights: Path) -> Denoiser:
@@ -79,9 +69,9 @@ def stream_timing(model: Denoiser, cond: torch.Tensor, steps: int, repeats: int)
     def ttff() -> None:
         next(iter(generate_stream(cond, model, steps, max_frames=1)))
 
-    out["time_to_first_frame_ms"] = 1000 * median_time(ttff, repeats)
+    out["time_to_first_frame_ms"] = 1000 * time_call(ttff, repeats)
     for n in (16, 64, 256):
-        out[f"time_{n}_frames_s"] = median_time(lambda n=n: list(generate_stream(cond, model, steps, max_frames=n)),
+        out[f"time_{n}_frames_s"] = time_call(lambda n=n: list(generate_stream(cond, model, steps, max_frames=n)),
                                                 repeats if n < 256 else max(1, repeats // 2))
     out["fps_steady"] = 48 / max(out["time_64_frames_s"] - out["time_16_frames_s"], 1e-9)
     return out
@@ -89,8 +79,8 @@ def stream_timing(model: Denoiser, cond: torch.Tensor, steps: int, repeats: int)
 
 def batch_fps(model: Denoiser, cond: torch.Tensor, steps: int) -> float:
     """Steady-state frames per second summed over a batch of streams (frames 17-64)."""
-    t16 = median_time(lambda: list(generate_stream(cond, model, steps, max_frames=16)), 3)
-    t64 = median_time(lambda: list(generate_stream(cond, model, steps, max_frames=64)), 3)
+    t16 = time_call(lambda: list(generate_stream(cond, model, steps, max_frames=16)), 3)
+    t64 = time_call(lambda: list(generate_stream(cond, model, steps, max_frames=64)), 3)
     return cond.shape[0] * 48 / max(t64 - t16, 1e-9)
 
 
@@ -127,15 +117,15 @@ def main(argv: list[str] | None = None) -> None:
 
     with torch.no_grad():
         res = teacher_clip(cond, 0)
-        clip_s = median_time(lambda: teacher_clip(one, 1), args.repeats)
+        clip_s = time_call(lambda: teacher_clip(one, 1), args.repeats)
         row = {"model": "teacher", "solver": "heun", "nfe": res.nfe, "steps_per_chunk": None,
                **evaluator.metrics(res.x, cond, real), "time_to_first_frame_ms": 1000 * clip_s,
                "fps_steady": 16 / clip_s, "time_16_frames_s": clip_s,
-               "time_64_frames_s": median_time(lambda: [teacher_clip(one, s) for s in range(4)], 1),
-               "time_256_frames_s": median_time(lambda: [teacher_clip(one, s) for s in range(16)], 1),
+               "time_64_frames_s": time_call(lambda: [teacher_clip(one, s) for s in range(4)], 1),
+               "time_256_frames_s": time_call(lambda: [teacher_clip(one, s) for s in range(16)], 1),
                "ms_per_sample": 1000 * clip_s}
         many = cond[: args.throughput_batch]
-        row[f"fps_steady_batch{many.shape[0]}"] = many.shape[0] * 16 / median_time(lambda: teacher_clip(many, 2), 3)
+        row[f"fps_steady_batch{many.shape[0]}"] = many.shape[0] * 16 / time_call(lambda: teacher_clip(many, 2), 3)
         rows.append(row)
         save_gif(modality.decode(res.x[:16]), out_dir / "video_teacher.gif")
         print(row, flush=True)

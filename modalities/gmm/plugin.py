@@ -7,11 +7,9 @@ measured exactly here: sliced Wasserstein and MMD to fresh mixture samples, and 
 
 from __future__ import annotations
 
-from pathlib import Path as FilePath
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from modalities.gmm.mixture import AnalyticDenoiserNet, GaussianMixture
@@ -21,29 +19,9 @@ from unidistill.metrics import mmd_rbf, sliced_wasserstein
 from unidistill.modality import Modality
 from unidistill.objectives.base import Batch
 from unidistill.paths import PATHS, Path, check_prediction_type
+from unidistill.weights import load_safetensors
 
-
-def load_weights(module: torch.nn.Module, path: str | FilePath, what: str) -> None:
-    """Load a safetensors state dict into ``module``, with errors that name the file and the mismatch."""
-    path = FilePath(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} weights not found at {str(path)!r}")
-    try:
-        state = load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"{what} weights at {str(path)!r} are not a readable safetensors file: {err}") from err
-    missing, unexpected = [], []
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"{what} weights at {str(path)!r} do not match the configured network: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}"
-        )
-    module.load_state_dict(state)
+load_weights = load_safetensors  # the name this plugin has always exported
 
 
 class GmmModality(Modality):

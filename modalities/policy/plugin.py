@@ -33,6 +33,7 @@ from unidistill.metrics import sliced_wasserstein
 from unidistill.modality import Modality
 from unidistill.objectives.base import Batch
 from unidistill.paths import VPDiscrete, check_prediction_type
+from unidistill.weights import load_safetensors
 
 
 def load_policy_weights(network: PolicyNetwork, path: str | FilePath, what: str) -> None:
@@ -50,15 +51,7 @@ def load_policy_weights(network: PolicyNetwork, path: str | FilePath, what: str)
         if key in state and state[key].shape[0] != want:
             raise ValueError(f"{what} at {str(path)!r} was trained with {name}={state[key].shape[0]}, but the policy "
                              f"is configured with {name}={want}")
-    own = network.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise ValueError(f"{what} weights at {str(path)!r} do not match the configured network (horizon, backbone, "
-                         f"sizes): missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
-    network.load_state_dict(state)
+    load_safetensors(network, path, what, "horizon, backbone, sizes")
 
 
 class PolicyModality(Modality):

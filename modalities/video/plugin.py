@@ -22,19 +22,9 @@ from unidistill.denoiser import Denoiser, freeze
 from unidistill.modality import Modality
 from unidistill.objectives.base import Batch
 from unidistill.paths import PATHS, Path, check_prediction_type
+from unidistill.weights import load_safetensors
 
-
-def load_weights(module: torch.nn.Module, path: str | FilePath, what: str) -> None:
-    """Load a safetensors state dict strictly, naming the file in every error."""
-    from safetensors.torch import load_file
-
-    path = FilePath(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} weights not found at {str(path)!r}")
-    try:
-        module.load_state_dict(load_file(str(path)))
-    except RuntimeError as err:
-        raise ValueError(f"{what} weights at {str(path)!r} do not match the configured network: {err}") from err
+load_weights = load_safetensors  # used by the task's stream command and the benchmark
 
 
 class VideoEvaluator(Protocol):
