@@ -10,11 +10,13 @@ the label their prompt asked for; ``clip_score`` is torchmetrics' ``CLIPScore`` 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import Tensor, nn
 
 
-class ImageEvaluator(nn.Module):
+class ImageEvaluator(nn.Module, ABC):
     """A task's evaluation network: ``forward(images in [-1, 1]) -> [N, num_features]`` features and
     ``predict(images) -> [N]`` labels. Subclasses set ``name`` (metrics are called ``fd_<name>``) and
     ``num_features``."""
@@ -22,8 +24,13 @@ class ImageEvaluator(nn.Module):
     name: str = "features"
     num_features: int = 0
 
+    @abstractmethod
+    def forward(self, images: Tensor) -> Tensor:
+        """``[N, num_features]`` features of images in [-1, 1]."""
+
+    @abstractmethod
     def predict(self, images: Tensor) -> Tensor:
-        raise NotImplementedError
+        """``[N]`` labels the task's prompts ask for."""
 
 
 @torch.no_grad()
