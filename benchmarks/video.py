@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
         return sample(guided, torch.randn(c.shape[0], *modality.latent_shape, generator=g), args.teacher_steps, c,
                       "heun", time_shape=modality.time_shape(c.shape[0]))
 
-    with torch.no_grad():
+    # Inference mode for the teacher too: the students' stream runs in it (modalities.video.generate_stream),
+    # and both then skip the same autograd bookkeeping.
+    with torch.inference_mode():
         res = teacher_clip(cond, 0)
         clip_s = time_call(lambda: teacher_clip(one, 1), args.repeats)
         row = {"model": "teacher", "solver": "heun", "nfe": res.nfe, "steps_per_chunk": None,

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Helper modules are imported by bare name (``from helpers import``), never as ``tests.helpers``: torch-fidelity's
+# wheel installs a top-level ``tests`` package that would shadow this folder.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

@@ -92,3 +92,75 @@ def test_objectives_train_from_cache(tmp_path):
         out.loss.backward()
     with pytest.raises(ValueError, match="trajectory times"):
         TrajectoryRegression(student_steps=4, cache=ds).loss("student", batch, make_ctx(roles, SHAPE))
+
+
+def test_objectives_refuse_a_cache_of_another_teacher_on_first_use(tmp_path):
+    """A cache named in YAML carries no teacher; the objective checks it against the run's teacher."""
+    roles, other = make_roles(seed=0), make_roles(seed=1)
+    gen(roles["teacher"], tmp_path, teacher_config=None)
+    batch = make_batch(SHAPE)
+    for make in (lambda ds: Reflow(rounds=1, cache=ds), lambda ds: TrajectoryRegression(student_steps=1, cache=ds)):
+        ds = TeacherCache(tmp_path)
+        with pytest.raises(ValueError, match="configured teacher"):
+            make(ds).loss("student", batch, make_ctx(other, SHAPE))
+        assert torch.isfinite(make(ds).loss("student", batch, make_ctx(roles, SHAPE)).loss)
+
+
+GMM_REFLOW = """
+model:
+  modality:
+    class_path: modalities.gmm.GmmModality
+    init_args:
+      mixture: &mixture
+        class_path: modalities.gmm.GaussianMixture
+        init_args: {{dim: 4, num_components: 4, num_classes: 3, seed: 0}}
+      teacher: analytic
+      path: rectified_flow
+      prediction: flow
+      hidden: 16
+      depth: 2
+  objective:
+    class_path: unidistill.objectives.Reflow
+    init_args:
+      rounds: 1
+      round_length: 2
+      coupling_steps: 2
+      cache:
+        class_path: unidistill.cache.TeacherCache
+        init_args: {{root: {root}}}
+data:
+  class_path: tasks.gmm.GmmDataModule
+  init_args:
+    mixture: *mixture
+    batch_size: 8
+"""
+
+
+def test_cli_cache_writes_the_cache_a_config_reads(tmp_path):
+    from unidistill.cli import build, main
+
+    root = tmp_path / "cache"
+    cfg = tmp_path / "reflow.yaml"
+    cfg.write_text(GMM_REFLOW.format(root=root))
+    main(["cache", "--config", str(cfg), "--samples", "20", "--shard-size", "8", "--solver", "heun", "--steps", "3",
+          "--trajectory-steps", "2"])
+    module, dm = build(cfg)
+    ds = module.objective.cache
+    assert isinstance(ds, TeacherCache) and len(ds) == 20
+    assert ds.manifest["solver"] == "heun" and ds.trajectory_times == [0.5]
+    rec = ds.batch(range(20))
+    # conditions are the training data's classes; samples are the run's teacher solved from the stored noise
+    assert set(rec["cond"].tolist()) <= set(range(3)) and len(set(rec["cond"].tolist())) > 1
+    ref, (mid,), _ = solve_with_checkpoints(module.teacher, rec["noise"], 3, rec["cond"], "heun", [0.5])
+    assert torch.allclose(rec["sample"], ref, atol=1e-5) and torch.allclose(rec["trajectory"][:, 0], mid, atol=1e-5)
+    ds.check_teacher(module.teacher)  # the configured teacher is the one that made it
+
+
+def test_cli_cache_needs_a_folder(tmp_path):
+    from unidistill.cli import main
+
+    cfg = tmp_path / "reflow.yaml"
+    cfg.write_text(GMM_REFLOW.replace("      cache:\n        class_path: unidistill.cache.TeacherCache\n"
+                                      "        init_args: {{root: {root}}}\n", "").format())
+    with pytest.raises(ValueError, match="pass --out"):
+        main(["cache", "--config", str(cfg)])

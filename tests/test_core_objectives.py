@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import torch
+from helpers import SHAPES, AnyShapeNet
 
-from tests.helpers import SHAPES, AnyShapeNet
 from unidistill.denoiser import Denoiser, freeze
 from unidistill.objectives import Batch, ConsistencyDistillation, ConsistencyFunction, Context, DenoisingObjective
 from unidistill.objectives.base import LossOutput, Objective, run_iteration

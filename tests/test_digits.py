@@ -12,7 +12,7 @@ from modalities.image import ImageModality
 from modalities.image.evaluation import frechet_distance_features
 from tasks.digits import DigitsClassifier, DigitsDataModule, load_digit_images
 from tasks.digits.data import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, caption
-from unidistill.cli import UnidistillCLI, main
+from unidistill.cli import UnidistillCLI, configured_cache_root, main
 from unidistill.metrics import frechet_distance
 
 CONFIGS = sorted(Path("configs/digits").glob("*.yaml"))
@@ -70,10 +70,15 @@ def test_shipped_teacher_is_a_small_pipeline_folder():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_digits_config_runs_fit(config, tmp_path):
+    extra = []
+    if configured_cache_root(config):  # a config that trains from a teacher cache: make a tiny one first
+        main(["cache", "--config", str(config), "--out", str(tmp_path / "cache"), "--samples", "8", "--steps", "2",
+              "--shard-size", "4"])
+        extra = [f"--model.objective.init_args.cache.init_args.root={tmp_path / 'cache'}"]
     cli = UnidistillCLI(args=[
         "fit", "--config", str(config), "--data.init_args.batch_size=4", "--trainer.max_steps=3",
         f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-        "--trainer.limit_val_batches=0",
+        "--trainer.limit_val_batches=0", *extra,
     ])
     module = cli.model
     assert int(module.iteration) >= 1

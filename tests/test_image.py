@@ -9,10 +9,10 @@ import textwrap
 
 import pytest
 import torch
+from image_helpers import SD_SCHEDULER, make_sd_pipeline
 
 from modalities.image import ImageModality, TextEncoder, knn_precision_recall, tiny_pixart_config
 from modalities.image.networks import network_timestep
-from tests.image_helpers import SD_SCHEDULER, make_sd_pipeline
 from unidistill.objectives import ConsistencyDistillation, ConsistencyFunction, run_iteration
 from unidistill.objectives.base import Context
 from unidistill.paths import VPDiscrete

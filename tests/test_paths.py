@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from helpers import GaussianX0Net
 
-from tests.helpers import GaussianX0Net
 from unidistill import solvers
 from unidistill.denoiser import Denoiser
 from unidistill.paths import (

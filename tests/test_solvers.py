@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from helpers import GaussianX0Net
 
 from modalities.gmm import GaussianMixture, GmmModality
-from tests.helpers import GaussianX0Net
 from unidistill import solvers
 from unidistill.denoiser import Denoiser, GuidedDenoiser
 from unidistill.paths import EDM, RectifiedFlow, TrigFlow, VPCosine, VPDiscrete

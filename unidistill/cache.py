@@ -197,21 +197,33 @@ class TeacherCache(Dataset):
             raise ValueError(f"{str(mpath)!r} is not a {FORMAT} manifest")
         if not self.manifest.get("complete"):
             raise ValueError(f"teacher cache at {str(self.root)!r} is incomplete; rerun generate_cache to finish it")
+        self._checked: set[int] = set()
         if teacher is not None:
-            want = teacher_fingerprint(teacher, teacher_config)
-            have = self.manifest["teacher"]
-            if want != have["hash"]:
-                raise ValueError(
-                    f"teacher cache at {str(self.root)!r} was made by teacher {have['hash'][:16]} "
-                    f"(config {have['config']}), but the configured teacher is {want[:16]} "
-                    f"(config {teacher_config or {}}); regenerate the cache for this teacher"
-                )
+            self.check_teacher(teacher, teacher_config)
         for key, value in (expected or {}).items():
             if self.manifest.get(key) != value:
                 raise ValueError(f"teacher cache at {str(self.root)!r} has {key}={self.manifest.get(key)!r}, "
                                  f"expected {value!r}")
         self.shard_size, self.length = self.manifest["shard_size"], self.manifest["num_samples"]
         self._loaded: tuple[int, dict[str, Tensor]] | None = None
+
+    def check_teacher(self, teacher: nn.Module, teacher_config: dict[str, Any] | None = None) -> None:
+        """Refuse a cache made by another teacher than ``teacher`` (checked once per teacher object).
+
+        Objectives call this on first use, so a cache named in YAML (where no teacher can be passed) is
+        still checked against the teacher the run actually loaded.
+        """
+        if id(teacher) in self._checked:
+            return
+        want = teacher_fingerprint(teacher, teacher_config)
+        have = self.manifest["teacher"]
+        if want != have["hash"]:
+            raise ValueError(
+                f"teacher cache at {str(self.root)!r} was made by teacher {have['hash'][:16]} "
+                f"(config {have['config']}), but the configured teacher is {want[:16]} "
+                f"(config {teacher_config or {}}); regenerate the cache for this teacher"
+            )
+        self._checked.add(id(teacher))
 
     @property
     def trajectory_times(self) -> list[float] | None:

@@ -1,6 +1,7 @@
 """The ``unidistill`` command: LightningCLI's ``fit/validate/test/predict`` from YAML, plus
 
 * ``bench``  teacher vs student table (quality per NFE and measured speed) for a config and checkpoint;
+* ``cache``  the teacher cache of ODE pairs (noise, condition, sample, trajectory points) a config reads;
 * ``export`` the student (EMA when kept) through the modality's exporter (safetensors + config by default);
 * ``demo``   the README's main job: distil the default task, then print the teacher vs student table.
 * ``regress`` every objective x every modality (fast tier), and quality against ``benchmarks/goldens``.
@@ -21,7 +22,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from unidistill.bench import compare, format_table, write_results
 from unidistill.checkpoint import safe_torch_load
-from unidistill.conditions import cat_cond, slice_cond
+from unidistill.conditions import cat_cond, cond_size, index_cond, slice_cond
 from unidistill.module import DistillationModule
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -132,6 +133,74 @@ def bench_main(argv: list[str]) -> None:
               "unidistill bench " + " ".join(argv))
 
 
+def configured_cache_root(config: str | Path) -> str | None:
+    """The ``root`` of the objective's ``cache`` in a YAML config, if it names one."""
+    import yaml
+
+    args = (yaml.safe_load(Path(config).read_text()) or {}).get("model", {}).get("objective", {}).get("init_args", {})
+    cache = (args or {}).get("cache")
+    if isinstance(cache, dict):
+        return (cache.get("init_args") or {}).get("root")
+    return None
+
+
+def condition_pool(module: DistillationModule, datamodule: L.LightningDataModule, size: int, seed: int) -> Any:
+    """Conditions of the first ``size`` training examples (the loader's order under ``seed``)."""
+    torch.manual_seed(seed)
+    datamodule.setup("fit")
+    parts, n = [], 0
+    for b in datamodule.train_dataloader():
+        cond = module.modality.to_batch(b).cond
+        if cond is None:
+            return None
+        parts.append(cond)
+        n += cond_size(cond)
+        if n >= size:
+            break
+    return slice_cond(cat_cond(parts), size)
+
+
+def cache_main(argv: list[str]) -> None:
+    """``unidistill cache``: solve the config's teacher from seeded noise for conditions of its training data."""
+    from unidistill.cache import generate_cache
+
+    p = argparse.ArgumentParser(prog="unidistill cache", description=cache_main.__doc__)
+    p.add_argument("--config", required=True, help="the YAML file used for `unidistill fit`")
+    p.add_argument("--out", help="cache folder (default: the objective's cache root in the config)")
+    p.add_argument("--samples", type=int, default=4096)
+    p.add_argument("--solver", default="heun")
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--guidance", type=float, help="default: the objective's guidance_scale, else 1")
+    p.add_argument("--trajectory-steps", type=int, default=0,
+                   help="also store the teacher's states at the interior times of this student step grid")
+    p.add_argument("--shard-size", type=int, default=1024)
+    p.add_argument("--condition-pool", type=int, default=4096, help="training conditions to draw from")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    root = configured_cache_root(args.config)
+    out = args.out or root
+    if out is None:
+        raise ValueError(f"{args.config!r} names no model.objective.init_args.cache.init_args.root; pass --out")
+    # the configured cache does not exist yet: build the run without it
+    module, dm = build(args.config, ["--model.objective.init_args.cache=null"] if root is not None else [])
+    if module.teacher is None:
+        raise ValueError(f"{args.config!r} has no teacher to cache")
+    teacher, modality = module.teacher, module.modality
+    guidance = args.guidance if args.guidance is not None else getattr(module.objective, "guidance_scale", 1.0)
+    pool = condition_pool(module, dm, args.condition_pool, args.seed)
+
+    def conditions(n: int, g: torch.Generator) -> Any:
+        if pool is None:
+            return None
+        return index_cond(pool, torch.randint(0, cond_size(pool), (n,), generator=g))
+
+    times = modality.path.time_grid(args.trajectory_steps).tolist()[1:-1] if args.trajectory_steps > 1 else None
+    manifest = generate_cache(teacher, out, args.samples, modality.latent_shape, solver=args.solver,
+                              steps=args.steps, seed=args.seed, shard_size=args.shard_size, conditions=conditions,
+                              guidance=guidance, null_condition=modality.null_condition, trajectory_times=times)
+    print(f"wrote {manifest}")
+
+
 def export_main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="unidistill export")
     p.add_argument("--config", required=True)
@@ -198,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_known_warnings()
     torch.set_float32_matmul_precision("high")
-    commands = {"bench": bench_main, "export": export_main, "demo": demo_main, "regress": regress_main}
+    commands = {"bench": bench_main, "cache": cache_main, "export": export_main, "demo": demo_main,
+                "regress": regress_main}
     check_config_files(argv)
     if argv and argv[0] in commands:
         commands[argv[0]](argv[1:])

@@ -44,6 +44,10 @@ class CausalNetwork(Protocol):
     frame position, evicting the oldest chunks beyond ``cache_window`` chunks (``None``: keep all), so
     memory stays bounded however long the stream. ``clear_cache()`` frees the cache and returns to whole
     clips. The core's causal rollout (``unidistill.objectives.rollout``) relies only on this contract.
+
+    Optional: a network with ``fuses_cache_writes = True`` also takes ``storing(frames=n)``, a call whose first
+    ``n`` frames are written and whose other frames are the next chunk, seeing the cache after the write; the
+    inference ``stream`` then spends one call, not two, on a cache write and the next chunk's first step.
     """
 
     causal: bool

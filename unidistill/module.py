@@ -158,6 +158,7 @@ class DistillationModule(L.LightningModule):
 
     def context(self, iteration: int) -> Context:
         rank = self.global_rank if self._trainer is not None else 0
+        world_size = self.trainer.world_size if self._trainer is not None else 1
         return Context(
             roles=self.roles(),
             latent_shape=tuple(self.modality.latent_shape),
@@ -167,6 +168,8 @@ class DistillationModule(L.LightningModule):
             null_condition=self.modality.null_condition,
             prior=self._prior,
             device=self.device,
+            rank=rank,
+            world_size=world_size,
         )
 
     def _prior(self, n: int, cond: Any, generator: torch.Generator) -> Tensor:

@@ -364,11 +364,19 @@ def metric_choice(modality: Modality, metrics: dict[str, float]) -> tuple[str, b
 
 def distil_and_measure(config: Path, budget: Budget, workdir: Path) -> list[dict[str, Any]]:
     """Distil with ``config`` for the budget, then score the (EMA) student at each validation NFE."""
-    from unidistill.cli import UnidistillCLI, reference_batch
+    from unidistill.cli import UnidistillCLI, configured_cache_root, reference_batch
+    from unidistill.cli import main as cli_main
 
+    extra = []
+    if configured_cache_root(config):  # a config that trains from a teacher cache: a small seeded one per run
+        cache = workdir / "teacher_cache"
+        cli_main(["cache", "--config", str(config), "--out", str(cache), "--samples", "512", "--solver",
+                  "dpm_solver_pp_2m", "--steps", "8", "--shard-size", "512", "--seed", str(budget.seed)])
+        extra = [f"--model.objective.init_args.cache.init_args.root={cache}"]
     args = ["fit", "--config", str(config), f"--trainer.default_root_dir={workdir}",
             "--trainer.enable_progress_bar=false", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-            "--trainer.val_check_interval=1000000", "--trainer.enable_model_summary=false", *budget.overrides()]
+            "--trainer.val_check_interval=1000000", "--trainer.enable_model_summary=false", *budget.overrides(),
+            *extra]
     start = time.perf_counter()
     cli = UnidistillCLI(args=args, trainer_defaults={"callbacks": []})
     seconds = time.perf_counter() - start

@@ -1,11 +1,12 @@
-"""Image quality metrics in a task's own feature space.
+"""Image quality metrics: in a task's own feature space, and (from local weights) real FID and CLIP score.
 
 ``fd_<name>`` is torchmetrics' ``FrechetInceptionDistance`` with the task's feature network in place of
 Inception (so it is *not* FID and is never called that); precision and recall are the k-nearest-neighbour
 manifold estimates of Kynkäänniemi et al., 2019, "Improved Precision and Recall Metric for Assessing
 Generative Models", in the same features (no maintained library computes them on a custom feature network,
 so they are written out here); ``prompt_accuracy`` is the share of samples the task's classifier reads as
-the label their prompt asked for; ``clip_score`` is torchmetrics' ``CLIPScore`` on a local CLIP folder.
+the label their prompt asked for. ``fid`` (real Inception FID from a local weights file) and ``clip_score``
+(a local CLIP folder) are in ``modalities.image.pretrained_metrics``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor, nn
+
+from modalities.image.pretrained_metrics import check_inception_weights, clip_score, inception_fid
 
 
 class ImageEvaluator(nn.Module, ABC):
@@ -66,26 +69,30 @@ def knn_precision_recall(fake: Tensor, real: Tensor, k: int = 3) -> tuple[float,
 @torch.no_grad()
 def image_metrics(images: Tensor, reference: Tensor | None, labels: Tensor | None,
                   evaluator: ImageEvaluator | None, clip_model: str | None = None,
-                  prompts: list[str] | None = None) -> dict[str, float]:
-    """All metrics that the given pieces allow; images and reference are in [-1, 1]."""
+                  prompts: list[str] | None = None, inception_weights: str | None = None) -> dict[str, float]:
+    """All metrics that the given pieces allow; images and reference are in [-1, 1].
+
+    ``fid`` needs ``reference`` and ``inception_weights`` (the local FID Inception weights file);
+    ``clip_score`` needs ``clip_model`` (a local CLIP folder) and one prompt per image.
+    """
+    images = images.float().cpu()
+    reference = reference.float().cpu() if reference is not None else None
     out: dict[str, float] = {"pixel_mean": float(images.mean()), "pixel_std": float(images.std())}
+    enough = reference is not None and images.shape[0] >= 2 and reference.shape[0] >= 2
     if evaluator is not None:
         evaluator = evaluator.eval().cpu()
-        images = images.float().cpu()
-        if reference is not None and images.shape[0] >= 2 and reference.shape[0] >= 2:
+        if enough:
             out[f"fd_{evaluator.name}"] = frechet_distance_features(evaluator, images, reference)
-            f_fake, f_real = evaluator(images), evaluator(reference.float().cpu())
+            f_fake, f_real = evaluator(images), evaluator(reference)
             out[f"precision_{evaluator.name}"], out[f"recall_{evaluator.name}"] = knn_precision_recall(f_fake, f_real)
         if labels is not None and bool((labels >= 0).any()):
             keep = labels.cpu() >= 0
             pred = evaluator.predict(images[keep])
             out["prompt_accuracy"] = float((pred == labels.cpu()[keep]).double().mean())
+    if inception_weights is not None:
+        check_inception_weights(inception_weights)
+        if enough:
+            out["fid"] = inception_fid(images, reference, inception_weights)
     if clip_model is not None and prompts is not None:
-        from torchmetrics.multimodal.clip_score import CLIPScore
-
-        metric = CLIPScore(model_name_or_path=clip_model)
-        pixels = ((images.float().cpu() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
-        if pixels.shape[1] == 1:
-            pixels = pixels.expand(-1, 3, -1, -1)
-        out["clip_score"] = float(metric(pixels, prompts))
+        out["clip_score"] = clip_score(images, prompts, clip_model)
     return out

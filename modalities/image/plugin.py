@@ -25,6 +25,7 @@ from modalities.image.networks import (
     tiny_unet_config,
 )
 from modalities.image.pipeline import PipelineParts, load_pipeline_folder
+from modalities.image.pretrained_metrics import check_clip_folder, check_inception_weights
 from modalities.image.text import TextEncoder
 from unidistill.denoiser import Denoiser, freeze
 from unidistill.modality import Modality
@@ -51,7 +52,12 @@ class ImageModality(Modality):
             copy, so the distilled result is a small adapter, as latent consistency LoRA does).
         evaluator: the task's feature network (``fd_<name>``, precision/recall) and classifier
             (``prompt_accuracy``); without it only pixel statistics are reported.
-        clip_model: a local CLIP folder; when given, ``clip_score`` is reported (torchmetrics CLIPScore).
+        clip_model: a local folder holding a transformers ``CLIPModel`` and ``CLIPProcessor``
+            (``save_pretrained``); when given, ``clip_score`` is reported (torchmetrics' CLIPScore).
+        inception_weights: the local path of torch-fidelity's FID InceptionV3 weights
+            (``weights-inception-2015-12-05-6726825d.pth``; pytorch-fid ships the same network as
+            ``pt_inception-2015-12-05-6726825d.pth``); when given, real FID is reported as ``fid``
+            (torchmetrics' FrechetInceptionDistance, 2048-D features). Nothing is downloaded.
         random_teacher_seed: build a seeded random teacher from ``network_config`` instead of loading one
             (tests and the regression matrix only).
     """
@@ -73,6 +79,7 @@ class ImageModality(Modality):
         lora_targets: list[str] | None = None,
         evaluator: ImageEvaluator | None = None,
         clip_model: str | None = None,
+        inception_weights: str | None = None,
         random_teacher_seed: int | None = None,
     ) -> None:
         if student not in ("full", "lora"):
@@ -85,7 +92,10 @@ class ImageModality(Modality):
         self.max_prompt_length = max_prompt_length
         self.student_kind, self.lora_rank, self.lora_alpha = student, int(lora_rank), lora_alpha
         self.lora_targets = list(lora_targets or LORA_TARGETS)
-        self.evaluator, self.clip_model = evaluator, clip_model
+        # a wrong metric path fails here, not at the first validation after training has started
+        self.clip_model = check_clip_folder(clip_model) if clip_model is not None else None
+        self.inception_weights = check_inception_weights(inception_weights) if inception_weights is not None else None
+        self.evaluator = evaluator
         self.random_teacher_seed = random_teacher_seed
         self._parts: PipelineParts | None = load_pipeline_folder(teacher) if teacher is not None else None
         if self._parts is not None:
@@ -237,7 +247,7 @@ class ImageModality(Modality):
         ref = self.decode(reference.detach().float()) if reference is not None else None
         labels = cond.get("label") if isinstance(cond, dict) else None
         prompts = self.prompt_text(cond["prompt_id"]) if self.clip_model and isinstance(cond, dict) else None
-        return image_metrics(images, ref, labels, self.evaluator, self.clip_model, prompts)
+        return image_metrics(images, ref, labels, self.evaluator, self.clip_model, prompts, self.inception_weights)
 
     def save_samples(self, samples: Tensor, cond: Any, out_dir: str | FilePath) -> list[FilePath]:
         images = self.decode(samples.detach().float())

@@ -52,7 +52,9 @@ class Context:
 
     ``generator`` is this rank's (per-sample noise, times); ``shared_generator`` is identical on every
     rank and must be used for any choice that changes the computation graph. ``latent_shape`` is the
-    trailing shape S; ``prior`` draws the starting latent for a batch (unit noise by default).
+    trailing shape S; ``prior`` draws the starting latent for a batch (unit noise by default). ``rank`` and
+    ``world_size`` place this process among the data-parallel ranks (``0`` and ``1`` in one process), for
+    objectives that derive per-sample seeds from the iteration and must keep them distinct across ranks.
     """
 
     roles: dict[str, nn.Module]
@@ -64,6 +66,8 @@ class Context:
     prior: Callable[[int, Any, torch.Generator], Tensor] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def student(self) -> nn.Module:

@@ -107,7 +107,7 @@ class DMD2(Objective):
       ``gan_time`` (DMD2's diffusion GAN). Needs real data ``batch.x0`` for the discriminator.
     * ``regression_weight`` (DMD: 0.25 with LPIPS; here the per-sample MSE) on (noise, teacher ODE sample)
       pairs computed on the fly with ``regression_solver``/``regression_steps``, deterministic from
-      ``regression_seed`` and the iteration; applied to the student's one-step map from pure noise.
+      ``regression_seed``, the iteration and the rank; applied to the student's one-step map from pure noise.
     * ``student_steps`` — multi-step student trained with backward simulation.
     * ``decoupled`` — Decoupled DMD: ``g = dm_weight g_DM + ca_weight g_CA`` with
       ``g_DM = (mu_c^fake - mu_c^real)(x_t) / N_DM`` (conditional, unguided teacher; ``N_DM`` from ``mu_c^real``) and
@@ -297,7 +297,10 @@ class DMD2(Objective):
     def regression_loss(self, batch: Batch, ctx: Context) -> Tensor:
         """DMD's regression on (noise, teacher ODE sample) pairs; the student maps the noise in one step."""
         student = ctx.student
-        g = torch.Generator(device=ctx.device).manual_seed(self.reg_seed * 1_000_003 + ctx.iteration)
+        # seeded per iteration and rank (as Reflow's coupling ids): with the iteration alone every data-parallel
+        # rank regressed on the same noise; one process (rank 0 of 1) keeps its seeds
+        seed = self.reg_seed * 1_000_003 + ctx.iteration * ctx.world_size + ctx.rank
+        g = torch.Generator(device=ctx.device).manual_seed(seed)
         z = torch.randn((batch.size, *ctx.latent_shape), generator=g, device=ctx.device, dtype=ctx.dtype)
         with torch.no_grad():
             y = sample(ctx.guided_teacher(self.guidance_scale), z, self.reg_steps, batch.cond, self.reg_solver).x

@@ -15,9 +15,9 @@ Generation". A *coupling* is ``(z, x1 = ODE(z))``: unit noise ``z`` and the flow
 
 Couplings are generated on the fly: coupling ``i`` of stage ``r`` has noise drawn from its own seed
 ``(coupling_seed, r, i)`` (``coupling_noise``), so it reproduces exactly; ``i`` is drawn from a fixed pool
-of ``num_couplings`` ids (or is unique per iteration when ``num_couplings`` is ``None``). The condition is
-the batch's. Alternatively, the teacher's couplings come from a ``TeacherCache`` (``cache``). The
-frozen previous-round model is the auxiliary, non-trainable role ``phase_teacher`` (checkpointed).
+of ``num_couplings`` ids (or is unique per iteration and data-parallel rank when ``num_couplings`` is
+``None``). The condition is the batch's. Alternatively, the teacher's couplings come from a ``TeacherCache``
+(``cache``). The frozen previous-round model is the auxiliary, non-trainable role ``phase_teacher`` (checkpointed).
 """
 
 from __future__ import annotations
@@ -85,7 +85,11 @@ class Reflow(Objective):
     # --- couplings ---------------------------------------------------------------------------
     def coupling_ids(self, n: int, ctx: Context) -> Tensor:
         if self.num_couplings is None:
-            return ctx.iteration * n + torch.arange(n)
+            # unique per iteration *and rank*: without the rank, every data-parallel rank drew the same ids,
+            # hence the same coupling noise (only the conditions differed), so a DDP run of R ranks saw R
+            # times fewer distinct couplings than its global batch. One process (rank 0 of 1) keeps the
+            # ids it always had.
+            return (ctx.iteration * ctx.world_size + ctx.rank) * n + torch.arange(n)
         return torch.randint(0, self.num_couplings, (n,), generator=ctx.generator)
 
     def coupling_noise(self, ids: Tensor, stage: int, shape: tuple[int, ...], ctx: Context) -> Tensor:
@@ -106,6 +110,7 @@ class Reflow(Objective):
     def couplings(self, batch: Batch, ctx: Context, stage: int) -> tuple[Tensor, Tensor, Any]:
         """``(noise, endpoint, cond)`` for this batch."""
         if stage == 0 and self.cache is not None:
+            self.cache.check_teacher(ctx.teacher)
             rec = self.cache.batch(torch.randint(0, len(self.cache), (batch.size,), generator=ctx.generator))
             return rec["noise"].to(ctx.device, ctx.dtype), rec["sample"].to(ctx.device, ctx.dtype), rec.get("cond")
         ids = self.coupling_ids(batch.size, ctx)

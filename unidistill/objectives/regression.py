@@ -66,6 +66,8 @@ class TrajectoryRegression(Objective):
         """Starting unit noise, conditions, and teacher states at every grid time (last = sample)."""
         times = grid.tolist()
         if self.cache is not None:
+            if ctx.teacher is not None:
+                self.cache.check_teacher(ctx.teacher)
             ids = torch.randint(0, len(self.cache), (batch.size,), generator=ctx.generator)
             rec = self.cache.batch(ids)
             noise, cond = rec["noise"].to(ctx.device, ctx.dtype), rec.get("cond")

@@ -11,7 +11,8 @@ keeps the gradient of one grad-enabled call at the exit step; inference runs eve
 times (context frames at ``context_time``): the reference the KV cache must match. The ``causal`` solver
 registered here lets ``DistillationModule`` sample causal students (validation, ``unidistill bench``), and
 ``stream`` yields chunks for as long as the caller reads. Only the ``CausalNetwork`` contract of
-``unidistill.modality`` is used; the frame axis is the latent's first trailing axis.
+``unidistill.modality`` is used (plus, when a network offers it, ``storing(frames=n)``: see ``stream``); the
+frame axis is the latent's first trailing axis.
 """
 
 from __future__ import annotations
@@ -61,22 +62,34 @@ class ChunkRollout:
         else:
             self.net.reset_cache()
 
-    def call(self, x: Tensor, t: float | Tensor) -> Tensor:
+    def call(self, x: Tensor, t: float | Tensor, write: Tensor | None = None) -> Tensor:
         """The model's ``x0`` for the next chunk ``x`` at time ``t`` (a float or per-sample ``[B]``), given the
-        committed context; nothing is written."""
-        self.nfe += getattr(self.model, "nfe_per_call", 1)
+        committed context; nothing is written, except ``write``: a previous chunk's context input (from
+        ``context_input``), committed by this same call (``storing(frames=n)``, counted as its two calls)."""
+        if write is not None and self.recompute:
+            self.write(write)
+            write = None
+        per_call = getattr(self.model, "nfe_per_call", 1)
+        self.nfe += per_call
         t = _full(t, x) if isinstance(t, (int, float)) else t.to(x)
-        if not self.recompute:
+        if not self.recompute and write is None:
             return self.model(x, t, self.cond).x0
-        full = torch.cat([*self.context, x], dim=1)
+        prefix = [write] if write is not None else self.context
+        full = torch.cat([*prefix, x], dim=1)
         n_ctx = full.shape[1] - x.shape[1]
         times = t[:, None].expand(full.shape[0], full.shape[1]).clone()
         times[:, :n_ctx] = self.context_time
-        return self.model(full, times, self.cond).x0[:, n_ctx:]
+        if write is None:
+            return self.model(full, times, self.cond).x0[:, n_ctx:]
+        self.nfe += per_call
+        with self.net.storing(frames=n_ctx):
+            return self.model(full, times, self.cond).x0[:, n_ctx:]
 
-    def denoise(self, noise: Tensor, exit_step: int | None = None, grad: bool = False) -> Tensor:
+    def denoise(self, noise: Tensor, exit_step: int | None = None, grad: bool = False,
+                write: Tensor | None = None) -> Tensor:
         """The chunk's ``x0`` after ``exit_step + 1`` grid steps from unit ``noise`` (default: all steps);
-        only the exit call is grad-enabled (when ``grad``)."""
+        only the exit call is grad-enabled (when ``grad``). ``write``: the previous chunk's context input, to
+        commit in the first call (see ``call``)."""
         steps = len(self.grid) - 1
         exit_step = steps - 1 if exit_step is None else exit_step
         if not 0 <= exit_step < steps:
@@ -85,17 +98,25 @@ class ChunkRollout:
         x = noise * float(path.sigma(torch.tensor(self.grid[0], dtype=torch.float64)))
         with torch.no_grad():
             for j in range(exit_step):
-                x0 = self.call(x, self.grid[j])
+                x0 = self.call(x, self.grid[j], write if j == 0 else None)
                 x = path.add_noise(x0, self.randn(tuple(x.shape)), _full(self.grid[j + 1], x))
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            return self.call(x, self.grid[exit_step])
+            return self.call(x, self.grid[exit_step], write if exit_step == 0 else None)
 
     @torch.no_grad()
+    def context_input(self, x0: Tensor) -> Tensor:
+        """``x0`` as the cache sees it: noised to ``context_time`` (drawing that noise now)."""
+        x0 = x0.detach()
+        return x0 if self.context_time == 0 else self.model.path.add_noise(
+            x0, self.randn(tuple(x0.shape)), _full(self.context_time, x0))
+
     def commit(self, x0: Tensor) -> None:
         """Make ``x0`` context: noise it to ``context_time`` and write its keys/values (one call)."""
-        x0 = x0.detach()
-        x = x0 if self.context_time == 0 else self.model.path.add_noise(
-            x0, self.randn(tuple(x0.shape)), _full(self.context_time, x0))
+        self.write(self.context_input(x0))
+
+    @torch.no_grad()
+    def write(self, x: Tensor) -> None:
+        """Write a context input (``context_input``) into the cache (one call)."""
         if self.recompute:
             self.context.append(x)
             return
@@ -128,11 +149,16 @@ def rollout(model: Any, noise: Tensor, cond: Any, grid: list[float], randn: Rand
     return torch.cat(chunks, dim=1), run.nfe
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def stream(model: Any, cond: Any, chunk_shape: tuple[int, ...], steps: int, generator: torch.Generator | None = None,
            context_time: float = 0.0, max_chunks: int | None = None) -> Iterator[Tensor]:
     """Yield chunks ``[B, k, ...]`` (``chunk_shape = (B, k, ...)``) one after another, indefinitely (or
-    ``max_chunks``), each denoised in ``steps`` steps on the rolling KV cache."""
+    ``max_chunks``), each denoised in ``steps`` steps on the rolling KV cache.
+
+    Inference only: it runs under ``torch.inference_mode`` (no autograd bookkeeping at all; the chunks are
+    inference tensors). When the network offers ``storing(frames=n)`` (``fuses_cache_writes``), a chunk's
+    cache write is the first call of the next chunk rather than a call of its own: the same computation and
+    random draws in the same order, one network call fewer per chunk."""
     grid = model.path.time_grid(steps).tolist()
     ref = next(iter(model.parameters()), None)
     device = ref.device if ref is not None else torch.device("cpu")
@@ -141,12 +167,16 @@ def stream(model: Any, cond: Any, chunk_shape: tuple[int, ...], steps: int, gene
         return torch.randn(shape, generator=generator, device=device)
 
     run = ChunkRollout(model, cond, grid, randn, context_time)
+    fused = getattr(run.net, "fuses_cache_writes", False)
     try:
-        i = 0
+        i, write = 0, None
         while max_chunks is None or i < max_chunks:
-            x0 = run.denoise(randn(tuple(chunk_shape)))
+            x0 = run.denoise(randn(tuple(chunk_shape)), write=write)
             yield x0  # before the cache write, so a chunk reaches the caller as soon as it is denoised
-            run.commit(x0)
+            write = run.context_input(x0)  # its context noise is drawn before the next chunk's noise either way
+            if not fused:
+                run.write(write)
+                write = None
             i += 1
     finally:
         run.close()
