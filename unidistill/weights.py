@@ -8,21 +8,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import nn
+from torch import Tensor, nn
 
 
-def load_safetensors(module: nn.Module, path: str | Path, what: str, hint: str = "") -> None:
-    """Strictly load ``path`` into ``module``. ``what`` names the weights in errors (``"teacher"``); ``hint``
-    says which configuration fields decide the shapes (``"horizon, backbone, sizes"``)."""
+def read_safetensors(path: str | Path, what: str) -> dict[str, Tensor]:
+    """The state dict in ``path``; a missing or unreadable file is an error naming ``what`` and the path."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} weights not found at {str(path)!r}")
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{what} weights at {str(path)!r} are not a readable safetensors file: {err}") from err
+
+
+def load_state(module: nn.Module, state: dict[str, Tensor], path: str | Path, what: str, hint: str = "") -> None:
+    """Strictly load ``state`` (read from ``path``) into ``module``, naming every mismatch."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -34,3 +37,9 @@ def load_safetensors(module: nn.Module, path: str | Path, what: str, hint: str =
             f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}"
         )
     module.load_state_dict(state)
+
+
+def load_safetensors(module: nn.Module, path: str | Path, what: str, hint: str = "") -> None:
+    """Strictly load ``path`` into ``module``. ``what`` names the weights in errors (``"teacher"``); ``hint``
+    says which configuration fields decide the shapes (``"horizon, backbone, sizes"``)."""
+    load_state(module, read_safetensors(path, what), path, what, hint)

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import Tensor
 
 from modalities.policy.demos import DemoSource, NpzDemos, stack_episodes
@@ -33,25 +32,19 @@ from unidistill.metrics import sliced_wasserstein
 from unidistill.modality import Modality
 from unidistill.objectives.base import Batch
 from unidistill.paths import VPDiscrete, check_prediction_type
-from unidistill.weights import load_safetensors
+from unidistill.weights import load_state, read_safetensors
 
 
 def load_policy_weights(network: PolicyNetwork, path: str | FilePath, what: str) -> None:
     """Load a safetensors policy into ``network`` with errors naming the file and any mismatch (observation or
     action dimension first, since those are what a user gets wrong)."""
-    path = FilePath(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} weights not found at {str(path)!r}")
-    try:
-        state = load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"{what} weights at {str(path)!r} are not a readable safetensors file: {err}") from err
+    state = read_safetensors(path, what)
     for key, want, name in (("normalizer.obs_scale", network.obs_dim, "obs_dim"),
                             ("normalizer.action_scale", network.action_dim, "action_dim")):
         if key in state and state[key].shape[0] != want:
             raise ValueError(f"{what} at {str(path)!r} was trained with {name}={state[key].shape[0]}, but the policy "
                              f"is configured with {name}={want}")
-    load_safetensors(network, path, what, "horizon, backbone, sizes")
+    load_state(network, state, path, what, "horizon, backbone, sizes")
 
 
 class PolicyModality(Modality):
