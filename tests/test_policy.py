@@ -245,3 +245,31 @@ def test_shipped_reach_around_teacher_goes_around_the_wall():
     result = evaluate(reach_around.make_env, lambda: m.executor(m.planner(sample_fn, torch.Generator().manual_seed(0))),
                       list(range(50)), 4, 2)
     assert result.success_rate >= 0.9  # measured 0.99 over seeds 0..99 (benchmarks/results/policy.json)
+
+
+def test_scripted_demos_generate_once_per_task_and_setting(tmp_path):
+    import numpy as np
+
+    from modalities.policy.demos import Episode, ScriptedDemos, demos_main, load_demos
+
+    calls = []
+
+    def make(tag):
+        def generate(episodes, seed, noise):
+            calls.append((tag, episodes, seed, noise))
+            return [Episode(np.full((3, 2), tag, np.float32), np.zeros((3, 1), np.float32), np.zeros(3, np.float32))
+                    for _ in range(episodes)]
+        return generate
+
+    class A(ScriptedDemos):
+        generate = staticmethod(make(1.0))
+
+    class B(ScriptedDemos):
+        generate = staticmethod(make(2.0))
+
+    assert A(2, 5).episodes() is A(2, 5).episodes()  # cached: one generation
+    assert B(2, 5).episodes()[0].observations[0, 0] == 2.0  # another task with the same setting is its own
+    A(3, 5).episodes()
+    assert calls == [(1.0, 2, 5, 0.05), (2.0, 2, 5, 0.05), (1.0, 3, 5, 0.05)]
+    out = demos_main(make(3.0), "demos", ["--episodes", "2", "--out", str(tmp_path / "d.npz")])
+    assert len(load_demos(out)) == 2

@@ -13,6 +13,8 @@ it; anything with ``episodes() -> list[Episode]`` (e.g. a task's scripted-expert
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -39,6 +41,37 @@ class Episode:
 
 class DemoSource(Protocol):
     def episodes(self) -> list[Episode]: ...
+
+
+class ScriptedDemos:
+    """Demo source over a task's scripted expert: ``generate(episodes, seed, noise)`` is called once per
+    process and setting, and its episodes are cached (every config of a run shares them)."""
+
+    generate: Callable[[int, int, float], list[Episode]]
+    _cache: dict[tuple[type, int, int, float], list[Episode]] = {}
+
+    def __init__(self, episodes: int = 200, seed: int = 10_000, noise: float = 0.05) -> None:
+        self.key = (episodes, seed, noise)
+
+    def episodes(self) -> list[Episode]:
+        key = (type(self), *self.key)
+        if key not in ScriptedDemos._cache:
+            ScriptedDemos._cache[key] = type(self).generate(*self.key)
+        return ScriptedDemos._cache[key]
+
+
+def demos_main(generate: Callable[[int, int, float], list[Episode]], description: str,
+               argv: list[str] | None = None) -> Path:
+    """The ``python -m tasks.<task>.demos --episodes N --out file.npz`` command of a scripted-expert task."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--seed", type=int, default=10_000)
+    p.add_argument("--noise", type=float, default=0.05)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    path = save_demos(args.out, generate(args.episodes, args.seed, args.noise))
+    print(path)
+    return path
 
 
 def save_demos(path: str | Path, episodes: list[Episode]) -> Path:

@@ -5,15 +5,11 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
-from modalities.policy.demos import Episode, save_demos
+from modalities.policy.demos import Episode, ScriptedDemos, demos_main
 from tasks.reacher.env import make_env
 from tasks.reacher.expert import reacher_expert_action
-
-_CACHE: dict[tuple[int, int, float], list[Episode]] = {}
 
 
 def generate(episodes: int, seed: int = 10_000, noise: float = 0.05) -> list[Episode]:
@@ -36,26 +32,11 @@ def generate(episodes: int, seed: int = 10_000, noise: float = 0.05) -> list[Epi
     return out
 
 
-class ReacherDemos:
+class ReacherDemos(ScriptedDemos):
     """Demo source: ``episodes`` expert episodes (generated once per process and cached)."""
 
-    def __init__(self, episodes: int = 200, seed: int = 10_000, noise: float = 0.05) -> None:
-        self.key = (episodes, seed, noise)
-
-    def episodes(self) -> list[Episode]:
-        if self.key not in _CACHE:
-            _CACHE[self.key] = generate(*self.key)
-        return _CACHE[self.key]
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--episodes", type=int, default=200)
-    p.add_argument("--seed", type=int, default=10_000)
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    print(save_demos(args.out, generate(args.episodes, args.seed)))
+    generate = staticmethod(generate)
 
 
 if __name__ == "__main__":
-    main()
+    demos_main(generate, __doc__.splitlines()[0])
