@@ -92,7 +92,10 @@ def series(rows: list[dict[str, Any]], metric: str) -> dict[str, list[tuple[floa
     lines: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         if _numeric(r.get("nfe")) and r["nfe"] > 0 and _numeric(r.get(metric)):  # NFE 0: e.g. a scripted expert
-            label = f"{r.get('model', '?')} ({r['solver']})" if r.get("solver") else str(r.get("model", "?"))
+            model = str(r.get("model", "?"))
+            if model == "teacher" and r.get("teacher"):  # benchmarks with several teachers name each
+                model += f" {r['teacher']}" + ("" if r.get("guidance") is None else f" w={r['guidance']:g}")
+            label = f"{model} ({r['solver']})" if r.get("solver") else model
             if r.get("task"):
                 label = f"{r['task']}: {label}"
             lines.setdefault(label, []).append((float(r["nfe"]), float(r[metric])))
@@ -231,7 +234,8 @@ def _fmt(v: Any) -> str:
 def markdown_for(data: dict[str, Any], plots: list[Path], readme_dir: Path) -> str:
     rows = data["rows"]
     metric = quality_metric(rows)
-    cols = [c for c in ("task", "model", "solver", "nfe", "strategy") if any(c in r for r in rows)]
+    named = ("task", "model", "teacher", "guidance", "solver", "nfe", "strategy")
+    cols = [c for c in named if any(c in r for r in rows)]
     if metric:
         cols.append(metric)
     cols += [c for c in rows[0] if c not in cols and _numeric(rows[0].get(c)) and c != metric][:4]

@@ -4,8 +4,9 @@ DMD2 gmm run three times, under Lightning's DDP (unsharded reference), under ``M
 
     python tests/fsdp_driver.py OUT_DIR STEPS
 
-Each rank writes ``OUT_DIR/<run>/rank<r>.json``: the losses logged after every batch, and for every parameter of
-the student, fake score and teacher its local and global element counts (a sharded one holds half).
+Each rank writes ``OUT_DIR/<run>/rank<r>.json``: the losses logged after every batch, for every parameter of
+the student, fake score, teacher and the student's EMA its local and global element counts (a sharded one holds
+half), the EMA's gathered parameters (sum and sum of squares per tensor) and a few samples drawn from the EMA.
 """
 
 import json
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,11 +34,25 @@ class LossRecorder(L.Callback):
 def shards(module) -> dict[str, list[int]]:
     out = {}
     for prefix, mod in (("student", module.student), ("fake_score", module.aux["fake_score"]),
-                        ("teacher", module.teacher)):
+                        ("teacher", module.teacher), ("ema", module.ema.module)):
         for name, p in mod.named_parameters():
             local = p.to_local() if hasattr(p, "to_local") else p
             out[f"{prefix}.{name}"] = [local.numel(), p.numel()]
     return out
+
+
+def summary(net) -> dict[str, list[float]]:
+    out = {}
+    for name, p in net.named_parameters():
+        full = (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().double()
+        out[name] = [float(full.sum()), float((full * full).sum())]
+    return out
+
+
+def ema_samples(module) -> list[float]:
+    with torch.no_grad():
+        out = module.sample_student(torch.arange(8) % 4, 8, 2, torch.Generator().manual_seed(0))
+    return out.x.flatten().tolist()
 
 
 RUNS = {
@@ -60,14 +76,17 @@ def main() -> None:
                   "--data.init_args.batch_size=64", "--data.init_args.val_batch_size=64",
                   "--trainer.devices=2", "--trainer.accelerator=cpu", f"--trainer.max_steps={steps}",
                   "--trainer.enable_checkpointing=false", "--trainer.logger=false",
-                  "--trainer.enable_progress_bar=false", "--trainer.val_check_interval=100000",
-                  f"--trainer.default_root_dir={out / run}", *extra],
+                  "--trainer.enable_progress_bar=false", "--trainer.val_check_interval=3",
+                  "--trainer.limit_val_batches=1",
+                  "--model.ema_decay=0.5", f"--trainer.default_root_dir={out / run}", *extra],
             trainer_defaults={"callbacks": [recorder]},
         )
         rank = cli.trainer.global_rank
         (out / run).mkdir(parents=True, exist_ok=True)
         (out / run / f"rank{rank}.json").write_text(json.dumps(
-            {"losses": recorder.losses, "shards": shards(cli.model), "iteration": int(cli.model.iteration)}))
+            {"losses": recorder.losses, "shards": shards(cli.model), "iteration": int(cli.model.iteration),
+             "ema": summary(cli.model.ema.module),
+             "student": summary(cli.model.student), "ema_samples": ema_samples(cli.model)}))
 
 
 if __name__ == "__main__":

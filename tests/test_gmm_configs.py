@@ -55,3 +55,21 @@ def test_time_scale_default_unchanged_and_configurable():
     b = MLPDenoiserNet(dim=8, hidden=16, depth=1, time_scale=10.0)
     x = torch.randn(5, 8)
     assert torch.allclose(a(x, t), b(x, t * 100.0), atol=1e-4)  # only the embedding's input scale differs
+
+
+def test_bench_reads_the_config_a_run_saved_with_its_overrides(tmp_path, capsys):
+    """A run's own config.yaml (Lightning adds ``ckpt_path`` etc.) rebuilds the run's model, overrides included,
+    so ``unidistill bench --config <run>/config.yaml --ckpt <run>/checkpoints/last.ckpt`` scores that student."""
+    from unidistill.cli import load_weights, main
+
+    config = next(c for c in CONFIGS if c.stem == "regression")
+    main(["fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2",
+          "--trainer.logger=false", "--trainer.enable_progress_bar=false", "--model.modality.init_args.hidden=24"])
+    saved = tmp_path / "config.yaml"
+    assert "ckpt_path" in saved.read_text()
+    module, _ = build(saved)
+    assert module.student.network.inp.out_features == 24  # the override, not the shipped 128
+    load_weights(module, tmp_path / "checkpoints" / "last.ckpt")
+    main(["bench", "--config", str(saved), "--ckpt", str(tmp_path / "checkpoints" / "last.ckpt"), "--teacher",
+          "--nfes", "1", "--samples", "64", "--seeds", "1"])
+    assert "TrajectoryRegression" in capsys.readouterr().out

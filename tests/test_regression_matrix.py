@@ -291,16 +291,21 @@ def test_goldens_comparison_flags_regressions_improvements_and_missing_entries()
     assert "REGRESSED" in table and "0.1300" in table
 
 
-def test_shipped_gmm_goldens_are_complete_and_stamped():
+@pytest.mark.parametrize("modality", ["gmm", "image", "video", "policy"])
+def test_shipped_goldens_are_complete_and_stamped(modality):
     from unidistill.regression import GOLDENS, quality_configs
 
-    data = json.loads((GOLDENS / "gmm.json").read_text())
+    data = json.loads((GOLDENS / f"{modality}.json").read_text())
     assert data["command"].startswith("unidistill regress") and len(data["commit"]) >= 40
-    configs = {p.stem for p in quality_configs("gmm")}
-    assert "teacher" not in configs and {"dmd2", "consistency"} <= configs
-    for stem in configs:
-        entry = data["entries"][f"{stem}@nfe1"]
-        assert entry["tolerance"] > 0 and entry["value"] > 0
+    assert data["budget"]["max_steps"] > 0 and data["budget"]["samples"] > 0
+    configs = quality_configs(modality)
+    assert configs and "teacher" not in {p.stem for p in configs}
+    for config in configs:  # every config has an entry at each NFE it validates, keyed by task folder and stem
+        keys = [k for k in data["entries"] if k.startswith(f"{config.parent.name}/{config.stem}@nfe")]
+        assert keys, config
+        for key in keys:
+            entry = data["entries"][key]
+            assert entry["tolerance"] > 0 and entry["value"] > 0 and key.endswith(f"@nfe{entry['nfe']}")
 
 
 def test_matrix_cell_ids_are_unique():

@@ -18,7 +18,7 @@ def test_quality_tier_writes_goldens_passes_on_a_rerun_and_fails_on_a_regression
             "--samples", "1024", "--goldens-dir", str(tmp_path), "--workdir", str(tmp_path / "runs")]
     main([*argv, "--update-goldens"])
     golden = json.loads((tmp_path / "gmm.json").read_text())
-    assert set(golden["entries"]) == {"regression@nfe1", "regression@nfe2", "regression@nfe4"}
+    assert set(golden["entries"]) == {"gmm/regression@nfe1", "gmm/regression@nfe2", "gmm/regression@nfe4"}
     assert golden["budget"] == {"max_steps": 20, "samples": 1024, "seed": 0}
     assert golden["command"].startswith("unidistill regress") and golden["commit"]
     capsys.readouterr()
@@ -27,21 +27,53 @@ def test_quality_tier_writes_goldens_passes_on_a_rerun_and_fails_on_a_regression
     out = capsys.readouterr().out
     assert out.count(" ok") >= 3 and "0 regression(s)" in out and "REGRESSED" not in out
 
-    entry = golden["entries"]["regression@nfe1"]
+    entry = golden["entries"]["gmm/regression@nfe1"]
     entry["value"], entry["tolerance"] = entry["value"] / 10, entry["value"] / 100  # the past was much better
     (tmp_path / "gmm.json").write_text(json.dumps(golden))
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
-    assert "regression@nfe1" in out and "REGRESSED" in out and "1 regression(s)" in out
+    assert "gmm/regression@nfe1" in out and "REGRESSED" in out and "1 regression(s)" in out
+
+
+GOLDENS = sorted(p.stem for p in (ROOT / "benchmarks" / "goldens").glob("*.json"))
+
+
+def test_every_registered_task_modality_ships_goldens():
+    from unidistill.regression import quality_configs
+
+    assert set(GOLDENS) >= {"gmm", "image", "video", "policy"}
+    for modality in GOLDENS:
+        golden = json.loads((ROOT / "benchmarks" / "goldens" / f"{modality}.json").read_text())
+        configs = {str(c.relative_to(ROOT)) for c in quality_configs(modality)}
+        assert {e["config"] for e in golden["entries"].values()} == configs, modality
+        # each shipped golden compares the plugin's quality measure, not a statistic such as a pixel mean
+        assert {e["metric"] for e in golden["entries"].values()} == {EXPECTED_METRIC[modality]}, modality
+
+
+EXPECTED_METRIC = {"gmm": "sliced_wasserstein", "image": "fd_digits", "video": "fvd_moving_digits",
+                   "policy": "action_mse"}
+
+
+def test_regression_metric_must_be_one_the_plugin_reports():
+    from modalities.gmm import GaussianMixture, GmmModality
+    from unidistill.regression import metric_choice
+
+    modality = GmmModality(GaussianMixture(dim=2, num_components=4))
+    metrics = {"mmd": 0.1, "sliced_wasserstein": 0.2}
+    assert metric_choice(modality, metrics) == ("sliced_wasserstein", True)  # named, not the first reported
+    with pytest.raises(ValueError, match="sliced_wasserstein.*'mmd'"):
+        metric_choice(modality, {"mmd": 0.1})
 
 
 @pytest.mark.slow
-def test_shipped_gmm_goldens_hold():
-    """Every gmm objective distilled with the goldens' budget and seeds (about 4 CPU minutes)."""
+@pytest.mark.parametrize("modality", GOLDENS)
+def test_shipped_goldens_hold(modality):
+    """Every objective of the modality distilled with its goldens' budget and seeds (gmm about 4 CPU minutes;
+    image, video and policy each tens of minutes)."""
     result = subprocess.run([sys.executable, "-m", "unidistill.cli", "regress", "--tier", "quality", "--modality",
-                             "gmm"], cwd=ROOT, capture_output=True, text=True, timeout=3600,
+                             modality], cwd=ROOT, capture_output=True, text=True, timeout=7200,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert "0 regression(s)" in result.stdout

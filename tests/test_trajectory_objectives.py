@@ -146,6 +146,22 @@ def test_progressive_schedule_and_phase_teacher_checkpoint():
     assert "phase" in state and any(k.startswith("denoiser.") for k in state)
 
 
+def test_progressive_phase_lr_decay_restarts_each_phase_and_reaches_the_optimizer():
+    from modalities.gmm import GmmModality
+    from unidistill.module import DistillationModule
+
+    plain = ProgressiveDistillation(teacher_steps=8, phase_length=10)
+    assert [plain.lr_factor(i) for i in (0, 9, 10, 500)] == [1.0, 1.0, 1.0, 1.0]
+    obj = ProgressiveDistillation(teacher_steps=8, phase_length=10, phase_lr_decay=True,
+                                  guidance_range=(1.0, 2.0), guidance_distill_iterations=5)
+    # guided stage 1 (iterations 0-4) keeps the base rate; phases 0, 1, 2 then start at 5, 15, 25
+    assert [obj.lr_factor(i) for i in (0, 4, 5, 10, 14, 15, 24, 25, 34, 35, 1000)] == pytest.approx(
+        [1.0, 1.0, 1.0, 0.5, 0.1, 1.0, 0.1, 1.0, 0.1, 0.0, 0.0])
+    # the module multiplies it into its own warm-up / decay factor
+    m = DistillationModule(GmmModality(hidden=8, depth=1), obj, lr_warmup_iterations=10)
+    assert m.lr_factor(10) == pytest.approx(0.5) and m.lr_factor(4) == pytest.approx(0.5)
+
+
 # --- trajectory regression ---------------------------------------------------------------------
 def test_regression_target_is_teacher_ode_solution_for_same_noise():
     from unidistill.solvers import sample

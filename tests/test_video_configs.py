@@ -26,12 +26,15 @@ def _overrides(config: Path, tmp: Path) -> list[str]:
     extra = []
     if "fake_updates_per_student" in text:
         extra.append(FAST[1])
-    if "TeacherCache" in text:  # the cache is not shipped: a tiny one from `unidistill cache`, on the 4-step grid
+    if "TeacherCache" in text:  # the cache is not shipped: a tiny one from `unidistill cache`
+        from unidistill.cache import TeacherCache
         from unidistill.cli import main
 
         root = tmp / "cache"
         main(["cache", "--config", str(config), "--out", str(root), "--samples", "8", "--steps", "2",
-              "--trajectory-steps", "4", "--shard-size", "8"])
+              "--shard-size", "8"])
+        # with no --trajectory-steps, the cache stores the interior times of the objective's 4-step student grid
+        assert TeacherCache(str(root)).trajectory_times == [0.75, 0.5, 0.25]
         extra.append(f"--model.objective.init_args.cache.init_args.root={root}")
     return extra
 

@@ -35,25 +35,28 @@ def compare(
     cond: Any,
     reference: torch.Tensor | None,
     student_nfes: Sequence[int],
-    teacher_runs: Sequence[tuple[str, int]] = (),
+    teacher_runs: Sequence[tuple[str, int] | tuple[str, int, float]] = (),
     seeds: Sequence[int] = (0, 1, 2),
     timing_batch: int = 256,
     model_name: str | None = None,
     timing_repeats: int = 9,
 ) -> list[dict[str, Any]]:
-    """Score teacher runs ``(solver, nfe)`` and student NFEs on the same conditions; metrics are averaged
-    over ``seeds``; ``ms_per_sample`` is the median of repeated timed calls on ``timing_batch`` samples."""
+    """Score teacher runs ``(solver, nfe)`` or ``(solver, nfe, guidance)`` and student NFEs on the same
+    conditions; metrics are averaged over ``seeds``; ``ms_per_sample`` is the median of repeated timed calls on
+    ``timing_batch`` samples. A guided teacher row carries its ``guidance`` (the others use the run's default)."""
     n = reference.shape[0] if reference is not None else int(cond.shape[0])
     timing_batch = min(timing_batch, n)
     rows: list[dict[str, Any]] = []
-    runs: list[tuple[str, str, int]] = [("teacher", s, nfe) for s, nfe in teacher_runs]
-    runs += [(model_name or module.objective.name, module.objective.student_solver, nfe) for nfe in student_nfes]
+    runs: list[tuple[str, str, int, float | None]] = [("teacher", *run[:2], (run[2:] or (None,))[0])
+                                                       for run in teacher_runs]
+    runs += [(model_name or module.objective.name, module.objective.student_solver, nfe, None) for nfe in student_nfes]
     sub_cond = slice_cond(cond, timing_batch)
-    for who, solver, nfe in runs:
-        def draw(c: Any, k: int, seed: int, who: str = who, solver: str = solver, nfe: int = nfe) -> Any:
+    for who, solver, nfe, guidance in runs:
+        def draw(c: Any, k: int, seed: int, who: str = who, solver: str = solver, nfe: int = nfe,
+                 guidance: float | None = guidance) -> Any:
             g = torch.Generator(module.device).manual_seed(seed)
             if who == "teacher":
-                return module.sample_teacher(c, k, nfe, g, solver=solver)
+                return module.sample_teacher(c, k, nfe, g, solver=solver, guidance=guidance)
             return module.sample_student(c, k, nfe, g)
 
         metrics: dict[str, list[float]] = {}
@@ -65,7 +68,7 @@ def compare(
                 metrics.setdefault(key, []).append(value)
         k = timing_batch
         seconds = time_call(lambda k=k: draw(sub_cond, k, 0), repeats=timing_repeats)
-        row = {"model": who, "solver": solver, "nfe": spent}
+        row = {"model": who, "solver": solver, "nfe": spent} | ({} if guidance is None else {"guidance": guidance})
         row |= {key: statistics.fmean(v) for key, v in metrics.items()}
         row["ms_per_sample"] = 1000 * seconds / k
         rows.append(row)

@@ -66,10 +66,24 @@ def check_config_files(argv: list[str]) -> None:
             raise ValueError(f"config file {value!r} is not valid YAML: {err}") from err
 
 
+# keys of the ``fit`` subcommand that Lightning writes into a run's config.yaml but that mean nothing without one
+RUN_ONLY_KEYS = ("ckpt_path", "weights_only")
+
+
 def build(config: str | Path, overrides: list[str] | None = None) -> tuple[DistillationModule, L.LightningDataModule]:
-    """Instantiate the model and data of a YAML config without running anything."""
+    """Instantiate the model and data of a YAML config without running anything. Accepts the ``config.yaml``
+    Lightning saves in a run's folder (with every command-line override applied) as well as a hand-written one."""
+    import tempfile
+
+    import yaml
+
     check_config_files(["--config", str(config)])
-    cli = UnidistillCLI(args=["--config", str(config), *(overrides or [])], run=False)
+    data = yaml.safe_load(Path(config).read_text()) or {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(data, dict) and any(k in data for k in RUN_ONLY_KEYS):
+            config = Path(tmp) / "config.yaml"
+            config.write_text(yaml.safe_dump({k: v for k, v in data.items() if k not in RUN_ONLY_KEYS}))
+        cli = UnidistillCLI(args=["--config", str(config), *(overrides or [])], run=False)
     return cli.model, cli.datamodule
 
 
@@ -171,8 +185,9 @@ def cache_main(argv: list[str]) -> None:
     p.add_argument("--solver", default="heun")
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--guidance", type=float, help="default: the objective's guidance_scale, else 1")
-    p.add_argument("--trajectory-steps", type=int, default=0,
-                   help="also store the teacher's states at the interior times of this student step grid")
+    p.add_argument("--trajectory-steps", type=int,
+                   help="also store the teacher's states at the interior times of this student step grid "
+                        "(default: the grid the config's objective reads, e.g. CausVid's student_steps; 0: none)")
     p.add_argument("--shard-size", type=int, default=1024)
     p.add_argument("--condition-pool", type=int, default=4096, help="training conditions to draw from")
     p.add_argument("--seed", type=int, default=0)
@@ -194,7 +209,8 @@ def cache_main(argv: list[str]) -> None:
             return None
         return index_cond(pool, torch.randint(0, cond_size(pool), (n,), generator=g))
 
-    times = modality.path.time_grid(args.trajectory_steps).tolist()[1:-1] if args.trajectory_steps > 1 else None
+    steps = module.objective.cache_trajectory_steps if args.trajectory_steps is None else args.trajectory_steps
+    times = modality.path.time_grid(steps).tolist()[1:-1] if steps > 1 else None
     manifest = generate_cache(teacher, out, args.samples, modality.latent_shape, solver=args.solver,
                               steps=args.steps, seed=args.seed, shard_size=args.shard_size, conditions=conditions,
                               guidance=guidance, null_condition=modality.null_condition, trajectory_times=times)

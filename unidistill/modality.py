@@ -87,6 +87,10 @@ class Modality(ABC):
     name: str = ""
     #: causal modalities (streaming video) give networks that satisfy ``CausalNetwork`` and a frame axis first
     causal: bool = False
+    #: ``(metric name, lower is better)`` the quality regression tier compares with its goldens; ``None`` means
+    #: the first metric ``metrics`` reports, lower is better. Set it: a plugin's first metric is often a
+    #: statistic (a pixel mean) rather than a quality measure.
+    regression_metric: tuple[str, bool] | None = None
 
     @property
     @abstractmethod

@@ -189,11 +189,11 @@ class DistillationModule(L.LightningModule):
             return
         from torch.distributed.fsdp import fully_shard
 
-        if self.ema is not None or self.target is not None:
-            raise ValueError("FSDP2 sharding does not support an EMA/target copy of the student yet; set "
-                             "ema_decay: null (and an objective without target_decay) or use DDP")
         dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
-        roles = [self.student, *self.aux.values()]
+        # the EMA / target copies are sharded exactly like the student, so their elementwise averaging runs on
+        # matching local shards (DTensor foreach ops) and sampling from them gathers like the student does
+        averages = [avg.module for avg in (self.ema, self.target) if avg is not None]
+        roles = [self.student, *self.aux.values(), *averages]
         if self.shard_teacher and self.teacher is not None:
             self.teacher.to(self.device)
             roles.append(self.teacher)
@@ -216,10 +216,10 @@ class DistillationModule(L.LightningModule):
         return opts
 
     def lr_factor(self, iteration: int) -> float:
-        """Warm-up then cosine decay, as a function of the objective iteration."""
-        factor = 1.0
+        """Warm-up then cosine decay, times the objective's own factor, as a function of the iteration."""
+        factor = self.objective.lr_factor(iteration)
         if self.lr_warmup > 0:
-            factor = min(1.0, (iteration + 1) / self.lr_warmup)
+            factor *= min(1.0, (iteration + 1) / self.lr_warmup)
         if self.lr_decay:
             progress = min(1.0, max(0, iteration - self.lr_warmup) / self.lr_decay)
             factor *= self.lr_min_ratio + (1 - self.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -369,14 +369,17 @@ class DistillationModule(L.LightningModule):
             self._val_outputs.setdefault(key, []).append((run().x, batch.cond, batch.x0))
 
     def on_validation_epoch_end(self) -> None:
+        root = None
+        if self.save_val_samples and self._trainer is not None:
+            # every rank: Trainer.log_dir broadcasts, so asking on rank 0 alone deadlocks a DDP/FSDP run
+            root = FilePath(self.trainer.log_dir or self.trainer.default_root_dir)
         for key, parts in self._val_outputs.items():
             samples = torch.cat([p[0] for p in parts])
             cond = cat_cond([p[1] for p in parts])
             ref = None if parts[0][2] is None else torch.cat([p[2] for p in parts])
             for name, value in self.modality.metrics(samples, cond, ref).items():
                 self.log(f"val/{name}/{key}", value, sync_dist=True)
-            if self.save_val_samples and self._trainer is not None and self.trainer.is_global_zero:
-                root = FilePath(self.trainer.log_dir or self.trainer.default_root_dir)
+            if root is not None and self.trainer.is_global_zero:
                 self.modality.save_samples(samples, cond, root / "samples" / f"step_{int(self.iteration)}" / key)
         self._val_outputs = {}
 

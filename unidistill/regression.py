@@ -19,8 +19,9 @@ unchanged, and checkpoint save -> reload -> one more step identical to an uninte
 **Quality tier** (``run_quality``): per modality, each ``configs/<task>/<objective>.yaml`` whose modality
 is that plugin (teacher recipes, i.e. ``DenoisingObjective`` configs, excluded) is distilled for a fixed
 budget with fixed seeds; the student's metric at each validation NFE is compared with the goldens in
-``benchmarks/goldens/<modality>.json``. A plugin may set a class attribute
-``regression_metric = ("name", lower_is_better)``; otherwise the first metric it reports, lower is better.
+``benchmarks/goldens/<modality>.json``. The metric is the plugin's ``regression_metric = ("name",
+lower_is_better)`` (a metric it does not report is an error); without one, the first metric it reports, lower
+is better.
 """
 
 from __future__ import annotations
@@ -357,9 +358,13 @@ class Budget:
 
 def metric_choice(modality: Modality, metrics: dict[str, float]) -> tuple[str, bool]:
     choice = getattr(modality, "regression_metric", None)
-    if choice:
-        return str(choice[0]), bool(choice[1])
-    return next(iter(metrics)), True
+    if not choice:
+        return next(iter(metrics)), True
+    name, lower = str(choice[0]), bool(choice[1])
+    if name not in metrics:
+        raise ValueError(f"modality {modality.name!r} names regression_metric {name!r}, but its metrics report "
+                         f"only {sorted(metrics)}; set regression_metric to one of them")
+    return name, lower
 
 
 def distil_and_measure(config: Path, budget: Budget, workdir: Path) -> list[dict[str, Any]]:
@@ -390,7 +395,8 @@ def distil_and_measure(config: Path, budget: Budget, workdir: Path) -> list[dict
             samples = module.sample_student(cond, x.shape[0], nfe, g).x
         metrics = module.modality.metrics(samples, cond, x)
         name, lower = metric_choice(module.modality, metrics)
-        rows.append({"key": f"{config.stem}@nfe{nfe}", "config": str(config.relative_to(ROOT)),
+        # the task folder is part of the key: one modality may have several tasks with the same objective configs
+        rows.append({"key": f"{config.parent.name}/{config.stem}@nfe{nfe}", "config": str(config.relative_to(ROOT)),
                      "objective": module.objective.name, "nfe": nfe, "metric": name, "lower_is_better": lower,
                      "value": float(metrics[name]), "all_metrics": {k: float(v) for k, v in metrics.items()},
                      "distill_seconds": seconds, "iterations": int(module.iteration)})
@@ -466,7 +472,7 @@ def run_quality(modality: str, budget: Budget, objectives: list[str] | None, upd
     rows: list[dict[str, Any]] = []
     for config in configs:
         print(f"[regress] {modality}: {config.relative_to(ROOT)} ({budget.max_steps} steps)", flush=True)
-        rows += distil_and_measure(config, budget, workdir / modality / config.stem)
+        rows += distil_and_measure(config, budget, workdir / modality / config.parent.name / config.stem)
     if objectives:  # a partial run compares only what it measured
         keep = {r["key"] for r in rows}
         goldens = {**goldens, "entries": {k: v for k, v in goldens.get("entries", {}).items() if k in keep}}
@@ -474,7 +480,8 @@ def run_quality(modality: str, budget: Budget, objectives: list[str] | None, upd
     if update:
         from unidistill.bench import machine
 
-        entries = dict(json.loads(path.read_text()).get("entries", {})) if path.is_file() else {}
+        # a partial run (--objective) rewrites its own entries and keeps the rest; a full one replaces them all
+        entries = dict(json.loads(path.read_text()).get("entries", {})) if path.is_file() and objectives else {}
         for r in rows:
             entries[r["key"]] = {"objective": r["objective"], "config": r["config"], "nfe": r["nfe"],
                                  "metric": r["metric"], "lower_is_better": r["lower_is_better"], "value": r["value"],

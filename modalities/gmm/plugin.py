@@ -28,6 +28,7 @@ class GmmModality(Modality):
     """Vector latents ``[B, dim]``; conditions are class labels ``[B]`` (``-1`` = null)."""
 
     name = "gmm"
+    regression_metric = ("sliced_wasserstein", True)
 
     def __init__(
         self,

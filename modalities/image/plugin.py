@@ -64,6 +64,15 @@ class ImageModality(Modality):
 
     name = "image"
 
+    @property
+    def regression_metric(self) -> tuple[str, bool]:
+        """Frechet distance in the task's feature network; the Inception FID when there is none."""
+        if self.evaluator is not None:
+            return f"fd_{self.evaluator.name}", True
+        if self.inception_weights is not None:
+            return "fid", True
+        return "pixel_std", False  # with no feature network, at least detect collapse
+
     def __init__(
         self,
         teacher: str | None = None,

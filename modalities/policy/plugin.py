@@ -64,6 +64,7 @@ class PolicyModality(Modality):
     """
 
     name = "policy"
+    regression_metric = ("action_mse", True)
 
     def __init__(self, obs_dim: int, action_dim: int, horizon: int = 16, n_obs_steps: int = 2,
                  n_action_steps: int = 8, backbone: str = "unet", down_dims: list[int] | None = None,

@@ -49,6 +49,11 @@ class VideoModality(Modality):
     name = "video"
     causal = True
 
+    @property
+    def regression_metric(self) -> tuple[str, bool] | None:
+        """The task evaluator's own choice (moving digits: ``fvd_moving_digits``); without one, the first metric."""
+        return getattr(self.evaluator, "regression_metric", None)
+
     def __init__(self, frames: int = 16, channels: int = 1, size: int = 32, patch: int = 4, dim: int = 64,
                  depth: int = 4, heads: int = 4, cond_dim: int = 384, chunk_size: int = 4,
                  cache_window: int | None = 3, path: str = "rectified_flow", prediction: str = "flow",

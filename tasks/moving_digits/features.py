@@ -116,6 +116,8 @@ class MovingDigitsEvaluator:
     digit. Caption accuracy: the share of clips whose clip-level digit prediction names the captioned digit.
     """
 
+    regression_metric = ("fvd_moving_digits", True)
+
     def __init__(self, weights: str = str(WEIGHTS)) -> None:
         self.weights = weights
         self._net: VideoFeatureNet | None = None

@@ -146,6 +146,17 @@ class Objective(ABC):
     def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
         """The loss of one update of ``role`` and named scalar logs."""
 
+    def lr_factor(self, iteration: int) -> float:
+        """A multiplier on every role's learning rate at ``iteration``, on top of the run's warm-up and decay
+        (e.g. annealing within each progressive-distillation phase); a pure function of the iteration."""
+        return 1.0
+
+    @property
+    def cache_trajectory_steps(self) -> int:
+        """The student step grid whose interior times a teacher cache must store for this objective (0: only
+        noise and sample); ``unidistill cache`` uses it when ``--trajectory-steps`` is not given."""
+        return 0
+
     def sampling_model(self, student: nn.Module) -> nn.Module:
         """The denoiser-like view of the student that few-step sampling uses (e.g. a consistency function)."""
         return student

@@ -93,6 +93,10 @@ class CausVid(DMD2):
     def student_solver_kwargs(self) -> dict[str, Any]:
         return {"context_time": self.context_time}
 
+    @property
+    def cache_trajectory_steps(self) -> int:
+        return self.ode.cache_trajectory_steps if self.reg_iterations > 0 else 0
+
     def unsupported_reason(self, latent_shape: tuple[int, ...], causal: bool) -> str | None:
         return _not_causal(self.name, causal, latent_shape)
 

@@ -84,7 +84,8 @@ def two_step_target(path: Path, z_t: Tensor, t: Tensor, z_tpp: Tensor, t_pp: Ten
 
 class ProgressiveDistillation(Objective):
     """See the module docstring. ``phase_length`` iterations per phase; ``teacher_steps`` is phase 0's
-    teacher step count (the student samples with half of it); halving stops at ``final_steps``."""
+    teacher step count (the student samples with half of it); halving stops at ``final_steps``;
+    ``phase_lr_decay`` anneals the learning rate linearly to zero within each phase."""
 
     student_solver = "ddim"
 
@@ -103,6 +104,7 @@ class ProgressiveDistillation(Objective):
         guidance_range: tuple[float, float] | None = None,
         guidance_distill_iterations: int = 0,
         weighting: str = "truncated_snr",
+        phase_lr_decay: bool = False,
     ) -> None:
         if teacher_steps < 2 or teacher_steps & (teacher_steps - 1):
             raise ValueError(f"teacher_steps must be a power of two >= 2, got {teacher_steps}")
@@ -116,6 +118,7 @@ class ProgressiveDistillation(Objective):
         self.guidance_scale, self.guidance_range = guidance_scale, guidance_range
         self.guidance_distill_iterations = guidance_distill_iterations
         self.weighting = weighting
+        self.phase_lr_decay = phase_lr_decay
 
     # --- schedule ----------------------------------------------------------------------------
     def phase(self, iteration: int) -> int:
@@ -125,6 +128,16 @@ class ProgressiveDistillation(Objective):
             return -1
         last = (self.teacher_steps // 2 // self.final_steps).bit_length() - 1
         return min(it // self.phase_length, last)
+
+    def lr_factor(self, iteration: int) -> float:
+        """With ``phase_lr_decay`` the learning rate falls linearly to zero within each phase (and stays there
+        after the last one), so the student copied as the next phase's teacher has converged instead of being
+        an iterate at full learning rate."""
+        phase = self.phase(iteration)
+        if not self.phase_lr_decay or phase < 0:
+            return 1.0
+        into = iteration - self.guidance_distill_iterations - phase * self.phase_length
+        return max(0.0, 1.0 - into / self.phase_length)
 
     def student_steps(self, iteration: int) -> int:
         """The student's step count at ``iteration`` (what it should be sampled with)."""

@@ -62,6 +62,10 @@ class TrajectoryRegression(Objective):
         if cache is not None:
             self.needs_teacher = False
 
+    @property
+    def cache_trajectory_steps(self) -> int:
+        return self.student_steps if self.mode == "trajectory" and self.student_steps > 1 else 0
+
     def pairs(self, batch: Batch, ctx: Context, grid: Tensor) -> tuple[Tensor, Any, list[Tensor]]:
         """Starting unit noise, conditions, and teacher states at every grid time (last = sample)."""
         times = grid.tolist()
