@@ -10,7 +10,7 @@ parallel runs do not inflate it). Then, in this one process, the teacher rows (1
 student's rows (1, 2, 4 NFE) are scored with sliced Wasserstein / MMD / mode coverage against the same
 held-out mixture samples (``--samples`` per measurement, averaged over ``--seeds``). Writes
 ``benchmarks/results/gmm.json`` and prints a table plus the issues' target ratios. ``--reuse`` keeps a student
-distilled earlier from the identical config text and budget (``runs/bench/gmm/<name>/distill.json`` records its
+distilled earlier from the same config (comments ignored) and budget (``runs/bench/gmm/<name>/distill.json`` records its
 key, date and times) and only redoes the scoring, so the teacher and every student are still measured together.
 Each student is judged against the teacher it distils, measured in the same run: the analytic mixture or the
 shipped MLP (adversarial distillation needs a network's features), guided when the objective distils
@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,9 +56,15 @@ def fit_command(config: Path, steps: int | None, out: Path) -> list[str]:
     return cmd + ([f"--trainer.max_steps={steps}"] if steps else [])
 
 
+def config_key(config: Path, steps: int | None) -> str:
+    """What a distilled student depends on: the parsed config (comments and layout ignored) and the budget."""
+    settings = json.dumps(yaml.safe_load(config.read_text()), sort_keys=True)
+    return hashlib.sha256(f"{settings}\nmax_steps={steps}".encode()).hexdigest()
+
+
 def distil_all(names: list[str], steps: int | None, jobs: int, reuse: bool = False) -> dict[str, dict]:
     """Run ``unidistill fit`` per config, ``jobs`` at a time; returns wall and CPU minutes and the checkpoint per
-    name. With ``reuse``, a student distilled earlier from the identical config text and step budget is kept
+    name. With ``reuse``, a student distilled earlier from the same config (comments ignored) and step budget is kept
     (its recorded times with it) instead of distilled again."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     done: dict[str, dict] = {}
@@ -64,7 +72,7 @@ def distil_all(names: list[str], steps: int | None, jobs: int, reuse: bool = Fal
     for name in names:
         out = ROOT / "runs" / "bench" / "gmm" / name
         config = ROOT / "configs" / "gmm" / f"{name}.yaml"
-        key = hashlib.sha256(config.read_bytes() + f"max_steps={steps}".encode()).hexdigest()
+        key = config_key(config, steps)
         record = out / "distill.json"
         if reuse and record.is_file() and json.loads(record.read_text())["key"] == key:
             done[name] = json.loads(record.read_text()) | {"ckpt": out / "checkpoints" / "last.ckpt", "reused": True}

@@ -11,6 +11,7 @@ import torch
 from unidistill.cli import build
 from unidistill.solvers import SOLVERS
 
+ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "gmm").glob("*.yaml"))
 
 
@@ -73,3 +74,21 @@ def test_bench_reads_the_config_a_run_saved_with_its_overrides(tmp_path, capsys)
     main(["bench", "--config", str(saved), "--ckpt", str(tmp_path / "checkpoints" / "last.ckpt"), "--teacher",
           "--nfes", "1", "--samples", "64", "--seeds", "1"])
     assert "TrajectoryRegression" in capsys.readouterr().out
+
+
+def test_benchmark_reuses_a_student_only_for_the_same_settings_and_budget(tmp_path):
+    """``benchmarks/gmm.py --reuse`` keys a distilled student on the parsed config and the step budget."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gmm_benchmark", ROOT / "benchmarks" / "gmm.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    text = (ROOT / "configs" / "gmm" / "sid.yaml").read_text()
+    config = tmp_path / "sid.yaml"
+    config.write_text(text)
+    key = bench.config_key(config, None)
+    config.write_text("# a new comment\n" + text.replace("alpha: 1.2 ", "alpha: 1.2   "))  # comments and layout
+    assert bench.config_key(config, None) == key
+    assert bench.config_key(config, 100) != key  # another budget
+    config.write_text(text.replace("alpha: 1.2 ", "alpha: 1.0 "))  # another setting
+    assert bench.config_key(config, None) != key
