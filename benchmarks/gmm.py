@@ -12,6 +12,7 @@ held-out mixture samples (``--samples`` per measurement, averaged over ``--seeds
 ``benchmarks/results/gmm.json`` and prints a table plus the issues' target ratios. ``--reuse`` keeps a student
 distilled earlier from the same config (comments ignored) and budget (``runs/bench/gmm/<name>/distill.json`` records its
 key, date and times) and only redoes the scoring, so the teacher and every student are still measured together.
+The key does not cover the library's code: after changing an objective, distil again (drop ``--reuse``).
 Each student is judged against the teacher it distils, measured in the same run: the analytic mixture or the
 shipped MLP (adversarial distillation needs a network's features), guided when the objective distils
 classifier-free guidance (``guidance_scale`` != 1; a guided step costs 2 NFE, so the 1-NFE student meets the

@@ -12,7 +12,7 @@ from unidistill.cli import build
 from unidistill.solvers import SOLVERS
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "gmm").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs" / "gmm").glob("*.yaml"))
 
 
 def test_trajectory_configs_are_shipped():
@@ -92,3 +92,18 @@ def test_benchmark_reuses_a_student_only_for_the_same_settings_and_budget(tmp_pa
     assert bench.config_key(config, 100) != key  # another budget
     config.write_text(text.replace("alpha: 1.2 ", "alpha: 1.0 "))  # another setting
     assert bench.config_key(config, None) != key
+
+
+def test_compare_scores_guided_teacher_runs_with_their_guidance():
+    """``compare`` takes ``(solver, nfe, guidance)`` teacher runs: the row records the guidance, and its samples
+    are the guided teacher's (different from the unguided run with the same seeds)."""
+    from unidistill.bench import compare
+    from unidistill.cli import reference_batch
+
+    module, dm = build(next(c for c in CONFIGS if c.stem == "regression"))
+    x, cond = reference_batch(module, dm, 256)
+    rows = compare(module, cond, x, student_nfes=[], teacher_runs=[("ddim", 4), ("ddim", 4, 3.0)], seeds=[0],
+                   timing_batch=16, timing_repeats=1)
+    plain, guided = rows
+    assert "guidance" not in plain and guided["guidance"] == 3.0 and plain["nfe"] == 4
+    assert guided["sliced_wasserstein"] != pytest.approx(plain["sliced_wasserstein"], rel=1e-3)

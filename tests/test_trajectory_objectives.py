@@ -163,6 +163,16 @@ def test_progressive_phase_lr_decay_restarts_each_phase_and_reaches_the_optimize
 
 
 # --- trajectory regression ---------------------------------------------------------------------
+def test_regression_asks_the_cache_for_its_interior_grid_only_when_it_reads_one():
+    from unidistill.objectives import CausVid
+
+    assert TrajectoryRegression(student_steps=4).cache_trajectory_steps == 4  # trajectory mode reads x_{t_j}
+    assert TrajectoryRegression(student_steps=1).cache_trajectory_steps == 0  # noise -> sample only
+    assert TrajectoryRegression(student_steps=4, mode="rollout").cache_trajectory_steps == 0  # rolls out itself
+    assert CausVid(student_steps=4, regression_iterations=10).cache_trajectory_steps == 4
+    assert CausVid(student_steps=4).cache_trajectory_steps == 0  # no ODE-regression stage
+
+
 def test_regression_target_is_teacher_ode_solution_for_same_noise():
     from unidistill.solvers import sample
 

@@ -47,8 +47,9 @@ def compare(
     n = reference.shape[0] if reference is not None else int(cond.shape[0])
     timing_batch = min(timing_batch, n)
     rows: list[dict[str, Any]] = []
-    runs: list[tuple[str, str, int, float | None]] = [("teacher", *run[:2], (run[2:] or (None,))[0])
-                                                       for run in teacher_runs]
+    runs: list[tuple[str, str, int, float | None]] = []
+    for solver, nfe, *guidance in teacher_runs:  # guidance is optional in a teacher run
+        runs.append(("teacher", solver, nfe, guidance[0] if guidance else None))
     runs += [(model_name or module.objective.name, module.objective.student_solver, nfe, None) for nfe in student_nfes]
     sub_cond = slice_cond(cond, timing_batch)
     for who, solver, nfe, guidance in runs:
