@@ -8,7 +8,8 @@ tasks/digits/weights/teacher/report.json) and with DPM-Solver++ at 4, 8 and 16 N
 and 4 NFE: ``fd_digits`` (Fréchet distance in the task classifier's features, samples for held-out captions
 against all 1,797 real digits), ``prompt_accuracy``, k-NN precision/recall, milliseconds per image (median of
 timed batches of 64) and speed-up over the full teacher. Each student's distillation budget (CPU minutes of its
-``unidistill fit``) is recorded. Writes benchmarks/results/image.json.
+``unidistill fit``) is recorded; a student post-trained from shipped distilled weights (``student_init``, e.g. the
+adversarial one) also records the budget of those weights and the sum. Writes benchmarks/results/image.json.
 """
 
 from __future__ import annotations
@@ -51,6 +52,19 @@ def distil(objective: str, runs: Path, extra: list[str]) -> dict:
     return budget
 
 
+def init_budget(objective: str) -> dict | None:
+    """The distillation budget of the student a config starts from (``student_init``), read from the
+    ``report.json`` shipped beside those weights: a post-trained student's budget includes its initialisation's."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / f"configs/digits/{objective}.yaml").read_text())
+    init = config["model"]["modality"].get("init_args", {}).get("student_init")
+    report = ROOT / str(init) / "report.json" if init else None
+    if report is None or not report.is_file():
+        return None
+    return {"from": init, "cpu_minutes": json.loads(report.read_text())["cpu_minutes"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--objectives", nargs="*", default=["consistency", "dmd2", "progressive", "regression", "reflow",
@@ -70,6 +84,10 @@ def main() -> None:
             print(f"{obj}: {budgets[obj]['cpu_minutes']:.1f} CPU min")
         elif (runs / obj / "budget.json").is_file():
             budgets[obj] = json.loads((runs / obj / "budget.json").read_text())
+        init = init_budget(obj)
+        if init is not None and obj in budgets:
+            budgets[obj]["init"] = init
+            budgets[obj]["cpu_minutes_with_init"] = budgets[obj]["cpu_minutes"] + init["cpu_minutes"]
     module, dm = build(ROOT / "configs/digits/consistency.yaml")
     module.eval()
     x, cond = reference_batch(module, dm, args.samples)
@@ -87,6 +105,8 @@ def main() -> None:
                                model_name=obj)
         for r in student_rows:
             r["distill_cpu_minutes"] = budgets.get(obj, {}).get("cpu_minutes")
+            if "init" in budgets.get(obj, {}):
+                r["distill_cpu_minutes_with_init"] = budgets[obj]["cpu_minutes_with_init"]
         rows += student_rows
     for r in rows:
         r["speedup_vs_teacher"] = full_ms / r["ms_per_sample"]

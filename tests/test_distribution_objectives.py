@@ -15,6 +15,7 @@ from unidistill.objectives import (
     AdversarialDistillation,
     Batch,
     Context,
+    FeatureHead,
     ScoreIdentityDistillation,
     f_divergence_weight,
     run_iteration,
@@ -290,6 +291,28 @@ def test_adversarial_student_gradient_comes_through_frozen_teacher_features():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in roles["student"].parameters())
     assert all(p.grad is None for p in roles["teacher"].parameters())
     assert all(p.grad is None for p in roles["discriminator"].parameters())
+
+
+def test_feature_head_pooling_logits_is_a_patch_discriminator():
+    torch.manual_seed(0)
+    head = FeatureHead(6, hidden=16, channel_axis=1, pooling="logits")
+    f = torch.randn(2, 6, 3, 4)
+    per_position = [head.net(f[:, :, i, j]).squeeze(1) for i in range(3) for j in range(4)]
+    torch.testing.assert_close(head(f), torch.stack(per_position).mean(0))
+    # each channel's values moved to other positions independently: the same channel means (pooled features
+    # cannot tell the maps apart) but different feature vectors at each position (a patch head can)
+    g = torch.stack([f[:, c].flatten(1)[:, torch.randperm(12)].view(2, 3, 4) for c in range(6)], dim=1)
+    pooled = FeatureHead(6, hidden=16, channel_axis=1, pooling="features")
+    torch.testing.assert_close(pooled(f), pooled(g))
+    assert not torch.allclose(head(f), head(g))
+    tokens = FeatureHead(6, hidden=16, channel_axis=-1, pooling="logits")
+    tokens.load_state_dict(head.state_dict())
+    torch.testing.assert_close(tokens(f.flatten(2).transpose(1, 2)), head(f))  # [B, L, C] tokens, same logits
+    vec = torch.randn(5, 6)
+    pooled.load_state_dict(head.state_dict())
+    torch.testing.assert_close(head(vec), pooled(vec))  # [B, C] features: the two poolings coincide
+    with pytest.raises(ValueError, match="unknown head pooling 'tokens'.*features.*logits"):
+        FeatureHead(6, pooling="tokens")
 
 
 def test_vp_v_teacher_and_data_free_dmd():

@@ -192,6 +192,36 @@ def test_full_student_exports_a_pipeline_plain_diffusers_samples(sd_folder, tmp_
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
 
 
+def test_student_init_starts_the_student_from_an_exported_student(sd_folder, tmp_path):
+    modality = ImageModality(teacher=str(sd_folder))
+    distilled = _distil(modality)
+    modality.export(distilled, tmp_path / "export")
+    again = ImageModality(teacher=str(sd_folder), student_init=str(tmp_path / "export"))
+    teacher = again.load_teacher()
+    student = again.build_student(teacher)
+    for (name, p), q in zip(student.network.named_parameters(), distilled.network.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    assert student.network.training and all(p.requires_grad for p in student.parameters())
+    fresh = modality.load_teacher()  # the teacher itself is untouched by the student's initialisation
+    assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), fresh.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(student.parameters(), fresh.parameters(), strict=True))
+
+
+def test_student_init_errors_name_the_path_and_what_was_expected(sd_folder, tmp_path):
+    with pytest.raises(FileNotFoundError, match="student_init 'nowhere' does not exist"):
+        ImageModality(teacher=str(sd_folder), student_init="nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds none of.*unet/diffusion_pytorch_model.safetensors"):
+        ImageModality(teacher=str(sd_folder), student_init=str(tmp_path / "empty"))
+    from safetensors.torch import save_file
+
+    other = ImageModality.tiny().new_denoiser().network  # a UNet of another size
+    save_file(other.state_dict(), tmp_path / "other.safetensors")
+    wrong = ImageModality(teacher=str(sd_folder), student_init=str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="student initialisation weights .* do not match"):
+        wrong.build_student(wrong.load_teacher())
+
+
 def test_lora_student_exports_an_adapter_the_teacher_pipeline_loads(sd_folder, tmp_path):
     import diffusers
 

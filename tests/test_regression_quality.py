@@ -37,6 +37,27 @@ def test_quality_tier_writes_goldens_passes_on_a_rerun_and_fails_on_a_regression
     assert "gmm/regression@nfe1" in out and "REGRESSED" in out and "1 regression(s)" in out
 
 
+def test_partial_golden_update_keeps_the_files_stamp_and_stamps_its_own_entries(tmp_path):
+    budget = {"max_steps": 20, "samples": 1024, "seed": 0}
+    other = {"objective": "X", "config": "configs/gmm/x.yaml", "nfe": 1, "metric": "sliced_wasserstein",
+             "lower_is_better": True, "value": 0.5, "tolerance": 0.1, "all_metrics": {}, "distill_seconds": 1.0}
+    before = {"modality": "gmm", "command": "unidistill regress --tier quality --modality gmm --update-goldens",
+              "commit": "abc", "date": "2026-01-01T00:00:00Z", "machine": {}, "budget": budget,
+              "tolerance_rule": "r", "entries": {"gmm/x@nfe1": other}}
+    (tmp_path / "gmm.json").write_text(json.dumps(before))
+    argv = ["regress", "--tier", "quality", "--modality", "gmm", "--objective", "regression", "--samples", "1024",
+            "--goldens-dir", str(tmp_path), "--workdir", str(tmp_path / "runs"), "--update-goldens"]
+    with pytest.raises(ValueError, match="budget .* was made with"):
+        main([*argv, "--max-steps", "10"])  # other entries were measured with 20 steps
+    main([*argv, "--max-steps", "20"])
+    after = json.loads((tmp_path / "gmm.json").read_text())
+    assert {k: after[k] for k in ("command", "commit", "date", "budget")} == \
+        {k: before[k] for k in ("command", "commit", "date", "budget")}
+    assert after["entries"]["gmm/x@nfe1"] == other
+    mine = after["entries"]["gmm/regression@nfe1"]
+    assert "--objective regression" in mine["updated"]["command"] and mine["updated"]["commit"]
+
+
 GOLDENS = sorted(p.stem for p in (ROOT / "benchmarks" / "goldens").glob("*.json"))
 
 

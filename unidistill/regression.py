@@ -26,7 +26,6 @@ is better.
 
 from __future__ import annotations
 
-import copy
 import importlib
 import inspect
 import json
@@ -480,18 +479,28 @@ def run_quality(modality: str, budget: Budget, objectives: list[str] | None, upd
     if update:
         from unidistill.bench import machine
 
-        # a partial run (--objective) rewrites its own entries and keeps the rest; a full one replaces them all
-        entries = dict(json.loads(path.read_text()).get("entries", {})) if path.is_file() and objectives else {}
+        # a partial run (--objective) rewrites its own entries, each stamped with the command that made it, and
+        # keeps the rest and the file's stamp; a full one replaces them all
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        stamp = {"command": command, "commit": git_commit(), "date": now}
+        budget_now = json.loads(json.dumps(budget.__dict__))
+        old = json.loads(path.read_text()) if path.is_file() and objectives else {}
+        if old and old.get("budget") != budget_now:
+            raise ValueError(f"a partial --update-goldens must use the budget {path} was made with, "
+                             f"{old.get('budget')}; got {budget_now} (pass the same --max-steps/--samples, or "
+                             "update every entry)")
+        entries = dict(old.get("entries", {}))
         for r in rows:
             entries[r["key"]] = {"objective": r["objective"], "config": r["config"], "nfe": r["nfe"],
                                  "metric": r["metric"], "lower_is_better": r["lower_is_better"], "value": r["value"],
                                  "tolerance": default_tolerance(r["value"]), "all_metrics": r["all_metrics"],
                                  "distill_seconds": round(r["distill_seconds"], 1)}
-        payload = {"modality": modality, "command": command, "commit": git_commit(),
-                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
-                   "budget": copy.deepcopy(budget.__dict__),
-                   "tolerance_rule": "max(0.25 * |golden|, 0.005) unless edited per entry",
-                   "entries": dict(sorted(entries.items()))}
+            if old:
+                entries[r["key"]]["updated"] = stamp
+        payload = {**old, "entries": dict(sorted(entries.items()))} if old else {
+            "modality": modality, **stamp, "machine": machine(), "budget": budget_now,
+            "tolerance_rule": "max(0.25 * |golden|, 0.005) unless edited per entry",
+            "entries": dict(sorted(entries.items()))}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"[regress] wrote {path}")

@@ -31,6 +31,7 @@ from unidistill.denoiser import Denoiser, freeze
 from unidistill.modality import Modality
 from unidistill.objectives.base import Batch
 from unidistill.paths import path_from_diffusers
+from unidistill.weights import load_safetensors
 
 DEFAULT_SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.0001,
                      "beta_end": 0.02, "beta_schedule": "linear", "prediction_type": "v_prediction"}
@@ -60,6 +61,11 @@ class ImageModality(Modality):
             (torchmetrics' FrechetInceptionDistance, 2048-D features). Nothing is downloaded.
         random_teacher_seed: build a seeded random teacher from ``network_config`` instead of loading one
             (tests and the regression matrix only).
+        student_init: start the student from already distilled weights instead of the teacher's: a
+            ``diffusion_pytorch_model.safetensors`` file, a diffusers model folder holding one, or a pipeline
+            folder written by ``unidistill export`` (its ``unet/`` or ``transformer/``). Used to post-train a
+            distilled student, e.g. adversarially from a consistency student as in Lin et al., 2025,
+            "Diffusion Adversarial Post-Training for One-Step Video Generation" (APT).
     """
 
     name = "image"
@@ -90,6 +96,7 @@ class ImageModality(Modality):
         clip_model: str | None = None,
         inception_weights: str | None = None,
         random_teacher_seed: int | None = None,
+        student_init: str | None = None,
     ) -> None:
         if student not in ("full", "lora"):
             raise ValueError(f"student={student!r}; valid: 'full', 'lora'")
@@ -106,6 +113,7 @@ class ImageModality(Modality):
         self.inception_weights = check_inception_weights(inception_weights) if inception_weights is not None else None
         self.evaluator = evaluator
         self.random_teacher_seed = random_teacher_seed
+        self.student_init = student_weights_file(student_init) if student_init is not None else None
         self._parts: PipelineParts | None = load_pipeline_folder(teacher) if teacher is not None else None
         if self._parts is not None:
             self.architecture = self._parts.architecture
@@ -157,6 +165,9 @@ class ImageModality(Modality):
 
     def build_student(self, teacher: Denoiser, guidance_conditioned: bool = False) -> Denoiser:
         student = super().build_student(teacher, False)
+        if self.student_init is not None:
+            load_safetensors(student.network, self.student_init, "student initialisation",
+                             "the student must have the teacher's architecture and config")
         if guidance_conditioned:
             enable_guidance_input(student.network)
         if self.student_kind == "lora":
@@ -308,3 +319,22 @@ def _load_vae(folder: str) -> nn.Module:
         raise FileNotFoundError(f"VAE folder {folder!r} has no config.json "
                                 "(save it with AutoencoderKL.save_pretrained)")
     return AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+
+
+STUDENT_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+                        "transformer/diffusion_pytorch_model.safetensors")
+
+
+def student_weights_file(path: str) -> FilePath:
+    """The safetensors file behind ``student_init``: the path itself, or the first of ``STUDENT_WEIGHT_FILES``
+    inside a folder; anything else is an error that names what was looked for."""
+    p = FilePath(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        for name in STUDENT_WEIGHT_FILES:
+            if (p / name).is_file():
+                return p / name
+        raise FileNotFoundError(f"student_init folder {path!r} holds none of {list(STUDENT_WEIGHT_FILES)}")
+    raise FileNotFoundError(f"student_init {path!r} does not exist (give a safetensors file, a diffusers model "
+                            "folder or a pipeline folder from `unidistill export`)")

@@ -6,7 +6,7 @@ from unidistill.objectives.causal import CausVid, DiffusionForcing, SelfForcing,
 from unidistill.objectives.consistency import ConsistencyDistillation, ConsistencyFunction
 from unidistill.objectives.denoising import DenoisingObjective
 from unidistill.objectives.dmd import DMD2, decoupled_dmd, f_divergence_weight
-from unidistill.objectives.fake_score import FakeScore, build_fake_score
+from unidistill.objectives.fake_score import FakeScore, FeatureHead, build_fake_score
 from unidistill.objectives.flow_map import FlowMapDistillation, FlowMapModel
 from unidistill.objectives.phased import PhasedConsistencyDistillation
 from unidistill.objectives.progressive import PhaseTeacher, ProgressiveDistillation
@@ -27,6 +27,7 @@ __all__ = [
     "DenoisingObjective",
     "DiffusionForcing",
     "FakeScore",
+    "FeatureHead",
     "FlowMapDistillation",
     "FlowMapModel",
     "LogVarHead",

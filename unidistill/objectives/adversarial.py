@@ -9,11 +9,17 @@ levels from a logit-normal biased toward high noise, hinge loss, no distillation
 Per update, both the student sample ``x`` and real data are re-noised at the same ``t`` with the same noise
 (FastGen LADD), passed through the **frozen** teacher, and features are taken by forward hooks at
 ``feature_layers`` (names relative to the teacher network, e.g. ``down_blocks.2``, ``mid_block``). Each layer
-gets a trainable ``FeatureHead``; the logit is their mean. Hinge losses: discriminator
+gets a trainable ``FeatureHead`` (by default a logit at every position of the feature map, averaged, as ADD's
+per-token heads); the logit is their mean. Hinge losses: discriminator
 ``relu(1 - D(real)) + relu(1 + D(fake))``, student ``-D(fake)``. **The student's gradient flows through the
 frozen teacher's features** (autograd on the input ``x_t``; the teacher's parameters never get gradients, and
 the heads are frozen during the student update). Without data, "real" samples are teacher ODE samples
 (LADD trains on teacher-synthetic data).
+
+The student may start from an already distilled one-step model rather than the teacher (Lin et al., 2025,
+"Diffusion Adversarial Post-Training for One-Step Video Generation", APT): a one-step copy of the teacher
+outputs the posterior mean from pure noise, and a weak discriminator cannot pull it away from there (see
+``configs/digits/adversarial.yaml``).
 """
 
 from __future__ import annotations
@@ -47,13 +53,13 @@ class Discriminator(nn.Module):
     """One ``FeatureHead`` per hooked teacher layer; owns no backbone (the frozen teacher is shared)."""
 
     def __init__(self, teacher: nn.Module, layers: list[str], channels: list[int] | None, hidden: int,
-                 channel_axis: int) -> None:
+                 channel_axis: int, pooling: str = "logits") -> None:
         super().__init__()
         net = network_of(teacher)
         channels = channels or [infer_channels(net, name) for name in layers]
         self.layers = list(layers)
         self.heads = nn.ModuleDict(
-            {_key(n): FeatureHead(c, hidden, channel_axis) for n, c in zip(layers, channels, strict=True)}
+            {_key(n): FeatureHead(c, hidden, channel_axis, pooling) for n, c in zip(layers, channels, strict=True)}
         )
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
@@ -68,6 +74,8 @@ class AdversarialDistillation(Objective):
     """ADD/LADD-style adversarial distillation; see the module docstring.
 
     * ``feature_layers`` — teacher submodules to hook (required; e.g. LADD on Wan uses blocks 15, 22, 29 of 30).
+    * ``head_pooling`` — ``"logits"`` (default, ADD's per-token heads: a logit at every position of a feature
+      map, averaged) or ``"features"`` (pool the map, then one logit); see ``FeatureHead``.
     * ``gan_time`` — re-noising level for the discriminator (default LADD's logit-normal, mean 1, std 1).
     * ``student_steps`` — student step grid; with data the student input is real data noised at a step drawn
       (same on every rank) from the grid (ADD), without data it is a backward simulation (DMD2).
@@ -94,6 +102,7 @@ class AdversarialDistillation(Objective):
         feature_channels: list[int] | None = None,
         feature_channel_axis: int = 1,
         head_hidden: int = 256,
+        head_pooling: str = "logits",
         gan_time: TimeSampler | None = None,
         student_steps: int = 1,
         distill_weight: float = 0.0,
@@ -109,7 +118,7 @@ class AdversarialDistillation(Objective):
         if discriminator_updates_per_student < 1 or student_steps < 1:
             raise ValueError("discriminator_updates_per_student and student_steps must be >= 1")
         self.feature_layers, self.feature_channels = list(feature_layers), feature_channels
-        self.channel_axis, self.head_hidden = feature_channel_axis, head_hidden
+        self.channel_axis, self.head_hidden, self.head_pooling = feature_channel_axis, head_hidden, head_pooling
         self.gan_time = gan_time or LogitNormalTime(mean=1.0, std=1.0, t_min=1e-3)
         self.student_steps, self.distill_weight = student_steps, distill_weight
         self.distill_time = distill_time or UniformTime(0.02, 0.98)
@@ -121,7 +130,7 @@ class AdversarialDistillation(Objective):
         if not has_parameters(teacher):
             raise ValueError("AdversarialDistillation hooks features of a teacher network; this teacher has none")
         return {"discriminator": Discriminator(teacher, self.feature_layers, self.feature_channels,
-                                               self.head_hidden, self.channel_axis)}
+                                               self.head_hidden, self.channel_axis, self.head_pooling)}
 
     def plan(self, iteration: int) -> list[str]:
         return ["discriminator", "student"] if iteration % self.n_disc == 0 else ["discriminator"]

@@ -109,19 +109,31 @@ def infer_channels(network: nn.Module, name: str) -> int:
 
 
 class FeatureHead(nn.Module):
-    """A small classifier on intermediate features: pool all axes but the channel axis, then an MLP to
-    one logit per sample. ``channel_axis`` is 1 for conv features ``[B, C, ...]``, -1 for tokens ``[B, L, C]``."""
+    """A small classifier on intermediate features, one logit per sample. ``channel_axis`` is 1 for conv
+    features ``[B, C, ...]``, -1 for tokens ``[B, L, C]``.
 
-    def __init__(self, channels: int, hidden: int = 256, channel_axis: int = 1) -> None:
+    ``pooling="features"`` pools all axes but the channel axis, then applies the MLP (DMD2's head on the
+    fake score's bottleneck). ``pooling="logits"`` applies the MLP at every position (token or pixel) and
+    averages the logits: a patch discriminator, as ADD's per-token heads on DINOv2 features, which sees
+    local structure that a global average of the features washes out. Identical for ``[B, C]`` features.
+    """
+
+    POOLINGS = ("features", "logits")
+
+    def __init__(self, channels: int, hidden: int = 256, channel_axis: int = 1, pooling: str = "features") -> None:
         super().__init__()
-        self.channel_axis = channel_axis
+        if pooling not in self.POOLINGS:
+            raise ValueError(f"unknown head pooling {pooling!r}; valid: {list(self.POOLINGS)}")
+        self.channel_axis, self.pooling = channel_axis, pooling
         self.net = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, 1))
 
     def forward(self, features: Tensor) -> Tensor:
         f = features.float()
-        if f.ndim > 2:
-            f = f.movedim(self.channel_axis, 1).flatten(2).mean(2)
-        return self.net(f).squeeze(1)
+        if f.ndim == 2:
+            return self.net(f).squeeze(1)
+        if self.pooling == "features":
+            return self.net(f.movedim(self.channel_axis, 1).flatten(2).mean(2)).squeeze(1)
+        return self.net(f.movedim(self.channel_axis, -1)).flatten(1).mean(1)
 
 
 def _lora_targets(network: nn.Module, targets: list[str] | str | None) -> list[str] | str:
