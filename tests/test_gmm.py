@@ -78,3 +78,22 @@ def test_metrics_are_zero_for_identical_sets_and_detect_a_missing_mode():
     dropped[comp == 0] = x[comp == 1][: int((comp == 0).sum())]
     worse = m.metrics(dropped, y, x)
     assert worse["mode_coverage"] < 1.0 and worse["sliced_wasserstein"] > fresh["sliced_wasserstein"]
+
+
+def test_student_init_applies_to_a_network_teacher_too(tmp_path):
+    """``student_init`` is loaded by the core's ``build_student``, whatever the teacher is (it used to be skipped
+    for a network teacher on gmm)."""
+    from safetensors.torch import save_file
+
+    mixture = GaussianMixture(dim=8, num_components=8, num_classes=4, seed=0)
+    plain = GmmModality(mixture=mixture, teacher="tasks/gmm/weights/mlp_teacher.safetensors")
+    teacher = plain.load_teacher()
+    other = plain.new_denoiser().network  # same architecture, different (random) weights
+    save_file(other.state_dict(), tmp_path / "init.safetensors")
+    modality = GmmModality(mixture=mixture, teacher="tasks/gmm/weights/mlp_teacher.safetensors",
+                           student_init=str(tmp_path / "init.safetensors"))
+    student = modality.build_student(modality.load_teacher())
+    for (name, p), q in zip(student.network.state_dict().items(), other.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    assert not all(torch.equal(a, b) for a, b in zip(student.parameters(), teacher.parameters(), strict=True))
+    assert all(p.requires_grad for p in student.parameters())

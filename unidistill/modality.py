@@ -25,6 +25,7 @@ from torch import Tensor
 
 from unidistill.denoiser import Denoiser
 from unidistill.objectives.base import Batch
+from unidistill.weights import load_safetensors
 
 ENTRY_POINT_GROUP = "unidistill.modalities"
 _REGISTRY: dict[str, type[Modality]] = {}
@@ -91,6 +92,9 @@ class Modality(ABC):
     #: the first metric ``metrics`` reports, lower is better. Set it: a plugin's first metric is often a
     #: statistic (a pixel mean) rather than a quality measure.
     regression_metric: tuple[str, bool] | None = None
+    #: safetensors weights of the student network to start from instead of the teacher's (a plugin sets it from
+    #: its ``student_init`` argument); ``build_student`` loads it, strictly, before any guidance input is added
+    student_init: str | FilePath | None = None
 
     @property
     @abstractmethod
@@ -112,6 +116,7 @@ class Modality(ABC):
         (the network must offer ``enable_guidance_conditioning()``).
         """
         student = copy.deepcopy(teacher)
+        self.load_student_init(student.network)
         student.network.train()
         student.network.requires_grad_(True)
         if guidance_conditioned:
@@ -123,6 +128,12 @@ class Modality(ABC):
                 )
             enable()
         return student
+
+    def load_student_init(self, network: torch.nn.Module) -> None:
+        """Load ``student_init`` into a freshly built student network, if one is set."""
+        if self.student_init is not None:
+            load_safetensors(network, self.student_init, "student initialisation",
+                             "the student must have the teacher's architecture and config")
 
     @property
     def guidance_input(self) -> bool:

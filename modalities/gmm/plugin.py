@@ -75,8 +75,7 @@ class GmmModality(Modality):
         if not isinstance(teacher.network, AnalyticDenoiserNet):
             return super().build_student(teacher, guidance_conditioned)
         student = self.new_denoiser()
-        if self.student_init is not None:
-            load_weights(student.network, self.student_init, "student initialisation")
+        self.load_student_init(student.network)
         if guidance_conditioned:
             student.network.enable_guidance_conditioning()
         return student

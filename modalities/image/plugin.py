@@ -31,7 +31,6 @@ from unidistill.denoiser import Denoiser, freeze
 from unidistill.modality import Modality
 from unidistill.objectives.base import Batch
 from unidistill.paths import path_from_diffusers
-from unidistill.weights import load_safetensors
 
 DEFAULT_SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.0001,
                      "beta_end": 0.02, "beta_schedule": "linear", "prediction_type": "v_prediction"}
@@ -164,10 +163,7 @@ class ImageModality(Modality):
         raise FileNotFoundError("ImageModality has no teacher: set teacher=<diffusers pipeline folder>")
 
     def build_student(self, teacher: Denoiser, guidance_conditioned: bool = False) -> Denoiser:
-        student = super().build_student(teacher, False)
-        if self.student_init is not None:
-            load_safetensors(student.network, self.student_init, "student initialisation",
-                             "the student must have the teacher's architecture and config")
+        student = super().build_student(teacher, False)  # loads student_init, if set
         if guidance_conditioned:
             enable_guidance_input(student.network)
         if self.student_kind == "lora":

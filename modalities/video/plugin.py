@@ -105,10 +105,9 @@ class VideoModality(Modality):
         """A trainable block-causal copy of the bidirectional teacher (or of ``student_init``)."""
         student = copy.deepcopy(teacher)
         student.network.causal = True
+        self.load_student_init(student.network)
         if guidance_conditioned:
             student.network.enable_guidance_conditioning()
-        if self.student_init is not None:
-            load_weights(student.network, self.student_init, "video student initialisation")
         student.network.train()
         student.network.requires_grad_(True)
         return student
