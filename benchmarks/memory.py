@@ -12,7 +12,13 @@ that ``torch.profiler`` (``profile_memory=True``) records during the iteration (
 temporaries). It is measured on a profiled iteration after a warm-up iteration (so AdamW states exist).
 ``peak_rss_mb`` is the process's peak RSS (``getrusage`` ``ru_maxrss``) minus its RSS after imports; it also
 holds runtime/allocator overhead common to both strategies (~100-200 MB here). ``ms_per_step`` is the
-median wall time of ``--repeats`` unprofiled iterations after the warm-up. One run, same machine::
+median wall time of ``--repeats`` unprofiled iterations after the warm-up. ``live_ratio_vs_full`` compares
+the weights and optimizer states alone (no gradients, no activations): the floor of the peak ratio.
+
+Rows ``+in_backward`` take the optimizer step inside the backward pass, one AdamW per parameter stepped by a
+``register_post_accumulate_grad_hook`` that then frees the gradient (PyTorch's "fuse the optimizer step into the
+backward pass" recipe), so a role's gradients never all exist at once: they show how much of the peak the
+gradients are, not a training mode of the library. One run, same machine::
 
     python benchmarks/memory.py [--repeats 5] [--threads 2]
 """
@@ -41,7 +47,33 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def worker(strategy: str, repeats: int, threads: int, batch: int) -> dict:
+class InBackward:
+    """One AdamW per parameter, stepped by a post-accumulate-grad hook that then frees the gradient; ``step`` and
+    ``zero_grad`` (called by ``run_iteration``) have nothing left to do."""
+
+    def __init__(self, params: list, lr: float) -> None:
+        import torch
+
+        self.per_param = {p: torch.optim.AdamW([p], lr=lr, foreach=False) for p in params}
+        for p in params:
+            p.register_post_accumulate_grad_hook(self._step)
+
+    def _step(self, p) -> None:
+        self.per_param[p].step()
+        p.grad = None
+
+    @property
+    def state(self) -> dict:
+        return {k: v for opt in self.per_param.values() for k, v in opt.state.items()}
+
+    def step(self) -> None:
+        pass
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+
+def worker(strategy: str, repeats: int, threads: int, batch: int, in_backward: bool = False) -> dict:
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -67,12 +99,13 @@ def worker(strategy: str, repeats: int, threads: int, batch: int) -> dict:
     student.network.load_state_dict(unet.state_dict())
     objective = DMD2(guidance_scale=1.75, fake_updates_per_student=1, fake_score_memory=strategy, lora_rank=8)
     roles = {"student": student, "teacher": teacher, **objective.build_roles(student, teacher)}
-    opts = {r: torch.optim.AdamW([p for p in roles[r].parameters() if p.requires_grad], lr=1e-5)
+    optimizer = InBackward if in_backward else torch.optim.AdamW
+    opts = {r: optimizer([p for p in roles[r].parameters() if p.requires_grad], lr=1e-5)
             for r in objective.trainable_roles}
     trainable_fake = sum(p.numel() for p in roles["fake_score"].parameters() if p.requires_grad)
     g = torch.Generator().manual_seed(0)
     cond = torch.randn(batch, 8, 256, generator=g)
-    times, tensor_peak = [], 0.0
+    times, tensor_peak, live = [], 0.0, 0
 
     def step(it: int) -> None:
         ctx = Context(roles=roles, latent_shape=(4, 16, 16), generator=g, shared_generator=g, iteration=it,
@@ -94,7 +127,8 @@ def worker(strategy: str, repeats: int, threads: int, batch: int) -> dict:
         step(it)
         times.append((time.perf_counter() - t0) * 1000)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"model": f"UNet2DConditionModel-{params / 1e6:.1f}M", "strategy": strategy,
+    return {"model": f"UNet2DConditionModel-{params / 1e6:.1f}M",
+            "strategy": strategy + ("+in_backward" if in_backward else ""), "live_mb": round(live / 2**20, 1),
             "peak_memory_mb": round(tensor_peak, 1), "ms_per_step": round(statistics.median(times[1:]), 1),
             "peak_rss_mb": round(peak - base, 1), "fake_score_trainable_params": trainable_fake}
 
@@ -127,39 +161,45 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--worker", choices=["full", "lora"])
+    p.add_argument("--in-backward", action="store_true", help="(worker) step the optimizers inside backward")
     p.add_argument("--out", default="benchmarks/results/memory.json")
     a = p.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, a.repeats, a.threads, a.batch)))
+        print(json.dumps(worker(a.worker, a.repeats, a.threads, a.batch, a.in_backward)))
         return
     from unidistill.bench import machine
 
     rows = []
-    for strategy in ("full", "lora"):
-        cmd = [sys.executable, __file__, "--worker", strategy, "--repeats", str(a.repeats), "--threads",
-               str(a.threads), "--batch", str(a.batch)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        rows.append(json.loads(out))
-    full = rows[0]
-    for r in rows:
-        r["memory_ratio_vs_full"] = round(r["peak_memory_mb"] / full["peak_memory_mb"], 3)
-        r["rss_ratio_vs_full"] = round(r["peak_rss_mb"] / full["peak_rss_mb"], 3)
-        r["time_ratio_vs_full"] = round(r["ms_per_step"] / full["ms_per_step"], 3)
+    for in_backward in (False, True):
+        for strategy in ("full", "lora"):
+            cmd = [sys.executable, __file__, "--worker", strategy, "--repeats", str(a.repeats), "--threads",
+                   str(a.threads), "--batch", str(a.batch), *(["--in-backward"] if in_backward else [])]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            rows.append(json.loads(out))
+    for full, lora in (rows[:2], rows[2:]):  # each compared with the full copy under the same optimizer
+        for r in (full, lora):
+            r["memory_ratio_vs_full"] = round(r["peak_memory_mb"] / full["peak_memory_mb"], 3)
+            r["live_ratio_vs_full"] = round(r["live_mb"] / full["live_mb"], 3)
+            r["rss_ratio_vs_full"] = round(r["peak_rss_mb"] / full["peak_rss_mb"], 3)
+            r["time_ratio_vs_full"] = round(r["ms_per_step"] / full["ms_per_step"], 3)
     result = {"benchmark": "memory", "command": " ".join([COMMAND, *sys.argv[1:]]), "machine": machine(),
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "method": "peak_memory_mb: live tensor bytes at the start of a profiled DMD2 iteration (weights, "
-                        "grads, optimizer states) + max torch.profiler CPU 'Total Allocated' during it; peak_rss_mb: "
+              "method": "peak_memory_mb: live tensor bytes at the start of a profiled DMD2 iteration (live_mb: "
+                        "weights, grads, optimizer states) + max torch.profiler CPU 'Total Allocated' during it; "
+                        "+in_backward rows: per-parameter AdamW stepped in backward hooks, ratios against "
+                        "full+in_backward; peak_rss_mb: "
                         "getrusage ru_maxrss minus RSS after imports; one subprocess per strategy; ms_per_step: "
                         "median of unprofiled iterations (1 fake-score + 1 student update) after a warm-up",
               "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
-    print(f"{'model':<28}{'strategy':<9}{'peak MB':>9}{'RSS MB':>9}{'ms/step':>10}{'mem x':>7}{'RSS x':>7}"
-          f"{'time x':>8}{'fake params':>12}")
+    print(f"{'model':<28}{'strategy':<19}{'live MB':>9}{'peak MB':>9}{'RSS MB':>9}{'ms/step':>10}{'live x':>8}"
+          f"{'mem x':>7}{'RSS x':>7}{'time x':>8}{'fake params':>12}")
     for r in rows:
-        print(f"{r['model']:<28}{r['strategy']:<9}{r['peak_memory_mb']:>9.1f}{r['peak_rss_mb']:>9.1f}"
-              f"{r['ms_per_step']:>10.1f}{r['memory_ratio_vs_full']:>7.3f}{r['rss_ratio_vs_full']:>7.3f}"
-              f"{r['time_ratio_vs_full']:>8.3f}{r['fake_score_trainable_params']:>12}")
+        print(f"{r['model']:<28}{r['strategy']:<19}{r['live_mb']:>9.1f}{r['peak_memory_mb']:>9.1f}"
+              f"{r['peak_rss_mb']:>9.1f}{r['ms_per_step']:>10.1f}{r['live_ratio_vs_full']:>8.3f}"
+              f"{r['memory_ratio_vs_full']:>7.3f}{r['rss_ratio_vs_full']:>7.3f}{r['time_ratio_vs_full']:>8.3f}"
+              f"{r['fake_score_trainable_params']:>12}")
 
 
 if __name__ == "__main__":

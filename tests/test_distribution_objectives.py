@@ -282,6 +282,29 @@ def test_sid_gradient_flows_through_frozen_networks_only_to_student():
     assert all(p.requires_grad for p in roles["fake_score"].parameters())  # unfrozen again afterwards
 
 
+def test_sid_student_gradient_vanishes_while_fake_score_equals_real_score():
+    """SiD's generator gradient holds the real and fake scores' Jacobians; with a fake score initialised from the
+    teacher they cancel (to float rounding; why configs/gmm/sid.yaml uses a network teacher), and one fake-score
+    update breaks the cancellation."""
+    shape = (3, 8, 8)
+    objective = ScoreIdentityDistillation(guidance_scale=1.0)
+    roles, opts, batch = setup(objective, shape)
+
+    def student_grad(it):
+        roles["student"].zero_grad(set_to_none=True)
+        out = objective.student_loss(batch, ctx_for(roles, shape, it))
+        out.loss.backward()
+        return out.loss.item(), max(p.grad.abs().max().item() for p in roles["student"].parameters())
+
+    loss, before = student_grad(0)
+    assert loss == 0.0
+    opts["fake_score"].zero_grad(set_to_none=True)
+    objective.loss("fake_score", batch, ctx_for(roles, shape)).loss.backward()
+    opts["fake_score"].step()
+    loss, after = student_grad(1)
+    assert loss != 0.0 and before < 1e-6 * after
+
+
 def test_adversarial_student_gradient_comes_through_frozen_teacher_features():
     shape = (3, 8, 8)
     objective = AdversarialDistillation(feature_layers=["blocks.1"], distill_weight=0.0)

@@ -87,10 +87,11 @@ def test_benchmark_reuses_a_student_only_for_the_same_settings_and_budget(tmp_pa
     config = tmp_path / "sid.yaml"
     config.write_text(text)
     key = bench.config_key(config, None)
-    config.write_text("# a new comment\n" + text.replace("alpha: 1.2 ", "alpha: 1.2   "))  # comments and layout
+    assert "alpha: 1.0 " in text  # the edits below change something
+    config.write_text("# a new comment\n" + text.replace("alpha: 1.0 ", "alpha: 1.0   "))  # comments and layout
     assert bench.config_key(config, None) == key
     assert bench.config_key(config, 100) != key  # another budget
-    config.write_text(text.replace("alpha: 1.2 ", "alpha: 1.0 "))  # another setting
+    config.write_text(text.replace("alpha: 1.0 ", "alpha: 1.2 "))  # another setting
     assert bench.config_key(config, None) != key
 
 

@@ -53,7 +53,7 @@ class Discriminator(nn.Module):
     """One ``FeatureHead`` per hooked teacher layer; owns no backbone (the frozen teacher is shared)."""
 
     def __init__(self, teacher: nn.Module, layers: list[str], channels: list[int] | None, hidden: int,
-                 channel_axis: int, pooling: str = "logits") -> None:
+                 channel_axis: int, pooling: str) -> None:
         super().__init__()
         net = network_of(teacher)
         channels = channels or [infer_channels(net, name) for name in layers]
