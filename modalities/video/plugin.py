@@ -9,7 +9,6 @@ condition is a caption embedding ``[B, cond_dim]``; its null counterpart is zero
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path as FilePath
 from typing import Any, Protocol
 
@@ -103,13 +102,8 @@ class VideoModality(Modality):
 
     def build_student(self, teacher: Denoiser, guidance_conditioned: bool = False) -> Denoiser:
         """A trainable block-causal copy of the bidirectional teacher (or of ``student_init``)."""
-        student = copy.deepcopy(teacher)
+        student = super().build_student(teacher, guidance_conditioned)
         student.network.causal = True
-        self.load_student_init(student.network)
-        if guidance_conditioned:
-            student.network.enable_guidance_conditioning()
-        student.network.train()
-        student.network.requires_grad_(True)
         return student
 
     def null_condition(self, cond: Any) -> Any:
