@@ -189,9 +189,9 @@ def main(argv: list[str] | None = None) -> None:
                     first = evaluator.fvd(long[:, :16], long_real[:, :16])
                     late = evaluator.fvd(windows(long, 192, 256), windows(long_real, 192, 256))
                     row.update({"fvd_frames_1_16": first, "fvd_frames_193_256": late, "drift": late / first})
-                    save_gif(modality.decode(long[:8, ::4]), out_dir / f"video_{run}_{steps}step_256f.gif")
+                    save_gif(modality.decode(long[:8, ::4]), out_dir / f"video_{Path(run).name}_{steps}step_256f.gif")
                 if steps == max(args.steps):
-                    save_gif(modality.decode(x.x[:16]), out_dir / f"video_{run}_{steps}step.gif")
+                    save_gif(modality.decode(x.x[:16]), out_dir / f"video_{Path(run).name}_{steps}step.gif")
                 rows.append(row)
                 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     command = "OMP_NUM_THREADS=1 python benchmarks/video.py " + " ".join(argv if argv is not None else sys.argv[1:])
