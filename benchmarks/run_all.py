@@ -28,7 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 # keys that describe a row or its cost rather than its quality
-NOT_QUALITY = {"nfe", "ms_per_sample", "speedup_vs_teacher", "seed", "seeds", "steps", "episodes", "repeats"}
+NOT_QUALITY = {"nfe", "ms_per_sample", "speedup_vs_teacher", "seed", "seeds", "steps", "steps_per_chunk", "episodes",
+               "repeats"}
 LOWER_IS_BETTER_HINTS = ("wasserstein", "fd", "fid", "fvd", "mmd", "distance", "error", "mse", "drift", "loss")
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 0), (100, 100, 255)]
@@ -72,8 +73,14 @@ def _numeric(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def quality_metric(rows: list[dict[str, Any]]) -> str | None:
-    """The first numeric column that is a quality measure (not NFE, timing, or a ratio to something)."""
+def quality_metric(rows: list[dict[str, Any]], declared: str | None = None) -> str | None:
+    """The results file's own ``quality_metric`` when it names one; otherwise the first numeric column that
+    is a quality measure (not NFE, timing, or a ratio to something)."""
+    if declared is not None:
+        if not any(_numeric(r.get(declared)) for r in rows):
+            raise ValueError(f"the results declare quality_metric {declared!r}, but no row has a number there; "
+                             f"columns: {', '.join(rows[0])}")
+        return declared
     for key in rows[0]:
         cost = ("memory", "rss", "ms_", "_ms", "params", "minutes", "seconds", "speedup", "ratio", "_vs_")
         if key in NOT_QUALITY or key.startswith("distill_") or any(c in key for c in cost):
@@ -233,7 +240,7 @@ def _fmt(v: Any) -> str:
 
 def markdown_for(data: dict[str, Any], plots: list[Path], readme_dir: Path) -> str:
     rows = data["rows"]
-    metric = quality_metric(rows)
+    metric = quality_metric(rows, data.get("quality_metric"))
     named = ("task", "model", "teacher", "guidance", "solver", "nfe", "strategy")
     cols = [c for c in named if any(c in r for r in rows)]
     if metric:
@@ -297,7 +304,7 @@ def make_plots(results: Path) -> list[Path]:
     written = []
     for data in load_results(results):
         rows, stem = data["rows"], data["_stem"]
-        metric = quality_metric(rows)
+        metric = quality_metric(rows, data.get("quality_metric"))
         if metric:
             lines = series(rows, metric)
             if lines:

@@ -98,6 +98,26 @@ def test_denoising_objective_is_the_prediction_space_mse():
     assert torch.allclose(loss, manual, atol=1e-6)
 
 
+def test_x0_prediction_with_velocity_loss_is_jits_weighted_x0_error():
+    """JiT: x0 prediction, velocity loss on rectified flow = |x0_pred - x0|^2 / max(t, floor)^2 per sample."""
+    path = RectifiedFlow()
+    net = Denoiser(AnyShapeNet(), path, "x0")
+    obj = DenoisingObjective(time_sampler=UniformTime(0.0, 1.0), cond_dropout=0.0, loss_space="flow",
+                             loss_time_floor=0.2)
+    x0 = torch.randn(64, 2, 3)
+    loss = obj.loss("student", Batch(x0), _ctx({"student": net}, (2, 3), seed=5)).loss
+    g = torch.Generator().manual_seed(5)
+    t = obj.time_sampler(path, 64, g)
+    eps = torch.randn(x0.shape, generator=g)
+    err = ((net.raw(path.add_noise(x0, eps, t), t) - x0) ** 2).mean((1, 2))
+    assert (t < 0.2).any() and (t > 0.2).any()  # both sides of the floor are exercised
+    assert torch.allclose(loss, (err / t.clamp_min(0.2) ** 2).mean(), rtol=1e-5)
+    plain = DenoisingObjective(time_sampler=UniformTime(0.0, 1.0), cond_dropout=0.0)
+    assert not torch.allclose(plain.loss("student", Batch(x0), _ctx({"student": net}, (2, 3), seed=5)).loss, loss)
+    with pytest.raises(ValueError, match="prediction type"):
+        DenoisingObjective(loss_space="velocity")
+
+
 def test_condition_dropout_mixes_per_sample():
     cond = {"emb": torch.ones(4, 3), "label": torch.arange(4)}
     null = {"emb": torch.zeros(4, 3), "label": torch.full((4,), -1)}

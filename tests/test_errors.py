@@ -32,6 +32,26 @@ def test_teacher_that_does_not_match_the_network_is_refused(tmp_path):
         GmmModality(teacher=str(path), hidden=32, depth=1).load_teacher()
 
 
+def test_weights_whose_card_disagrees_with_the_configured_prediction_are_refused(tmp_path):
+    """An x0-predicting teacher read as a velocity predictor has the right shapes and would sample garbage."""
+    from modalities.video import VideoModality
+
+    tiny = dict(frames=8, size=8, patch=4, dim=16, depth=2, heads=2, cond_dim=8, chunk_size=2, cache_window=2)
+    source = VideoModality(**tiny, prediction="x0")
+    weights, card = source.export(source.load_teacher(), tmp_path)
+    assert card == weights.with_suffix(".json")
+    agreeing = VideoModality(**tiny, prediction="x0", teacher=str(weights), student_init=str(weights))
+    agreeing.build_student(agreeing.load_teacher())
+    with pytest.raises(ValueError, match=r"video teacher .*prediction: weights 'x0', configured 'flow'"):
+        VideoModality(**tiny, prediction="flow", teacher=str(weights)).load_teacher()
+    flow = VideoModality(**tiny, prediction="flow", student_init=str(weights))
+    with pytest.raises(ValueError, match=r"student initialisation .*prediction: weights 'x0', configured 'flow'"):
+        flow.build_student(flow.load_teacher())
+    card.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        agreeing.load_teacher()
+
+
 def test_corrupted_and_truncated_checkpoints_are_refused(tmp_path):
     good = tmp_path / "good.ckpt"
     atomic_torch_save({"state_dict": {"w": torch.ones(1000)}}, good)

@@ -74,3 +74,15 @@ def test_modality_benchmarks_are_found_through_the_registry():
     assert ROOT / "benchmarks" / "gmm.py" in scripts
     assert all(p.stem not in ("memory", "dmd_gmm", "run_all") for p in scripts)
 
+
+
+def test_a_declared_quality_metric_wins_over_the_first_numeric_column():
+    run_all = _run_all()
+    rows = [{"model": "teacher", "nfe": 126, "steps_per_chunk": None, "identity": 0.4, "fvd_x": 124.0},
+            {"model": "student", "nfe": 4, "steps_per_chunk": 4, "identity": 0.7, "fvd_x": 99.0}]
+    assert run_all.quality_metric(rows) == "identity"  # steps_per_chunk is a setting, not quality
+    assert run_all.quality_metric(rows, "fvd_x") == "fvd_x"
+    with pytest.raises(ValueError, match="'fvd_y'"):
+        run_all.quality_metric(rows, "fvd_y")
+    text = run_all.markdown_for({"_stem": "v", "rows": rows, "quality_metric": "fvd_x"}, [], ROOT)
+    assert "Quality metric: `fvd_x` (lower is better)." in text

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from unidistill.denoiser import Denoiser
 from unidistill.objectives.base import Batch
-from unidistill.weights import load_safetensors
+from unidistill.weights import check_card, load_safetensors
 
 ENTRY_POINT_GROUP = "unidistill.modalities"
 _REGISTRY: dict[str, type[Modality]] = {}
@@ -116,7 +116,7 @@ class Modality(ABC):
         (the network must offer ``enable_guidance_conditioning()``).
         """
         student = copy.deepcopy(teacher)
-        self.load_student_init(student.network)
+        self.load_student_init(student.network, {"path": repr(teacher.path), "prediction": teacher.prediction})
         student.network.train()
         student.network.requires_grad_(True)
         if guidance_conditioned:
@@ -129,9 +129,11 @@ class Modality(ABC):
             enable()
         return student
 
-    def load_student_init(self, network: torch.nn.Module) -> None:
-        """Load ``student_init`` into a freshly built student network, if one is set."""
+    def load_student_init(self, network: torch.nn.Module, card: dict[str, Any] | None = None) -> None:
+        """Load ``student_init`` into a freshly built student network, if one is set; a card beside the file
+        must agree with ``card`` (the teacher's path and prediction type, see ``check_card``)."""
         if self.student_init is not None:
+            check_card(self.student_init, card or {}, "student initialisation")
             load_safetensors(network, self.student_init, "student initialisation",
                              "the student must have the teacher's architecture and config")
 

@@ -6,7 +6,9 @@ function, so a missing file, a corrupt file and a network of the wrong size read
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -43,3 +45,20 @@ def load_safetensors(module: nn.Module, path: str | Path, what: str, hint: str =
     """Strictly load ``path`` into ``module``. ``what`` names the weights in errors (``"teacher"``); ``hint``
     says which configuration fields decide the shapes (``"horizon, backbone, sizes"``)."""
     load_state(module, read_safetensors(path, what), path, what, hint)
+
+
+def check_card(path: str | Path, expected: dict[str, Any], what: str) -> None:
+    """When the weights at ``path`` have a card beside them (``<stem>.json``, as ``Modality.export`` writes),
+    every field of ``expected`` it records must agree (e.g. the noise path and prediction type): weights trained
+    to predict ``x0`` but read as a velocity predictor load without a shape error and sample garbage."""
+    card = Path(path).with_suffix(".json")
+    if not card.is_file():
+        return
+    try:
+        info = json.loads(card.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the card {str(card)!r} of the {what} weights is not valid JSON: {err}") from err
+    wrong = [f"{k}: weights {info[k]!r}, configured {v!r}" for k, v in expected.items() if k in info and info[k] != v]
+    if wrong:
+        raise ValueError(f"{what} weights at {str(path)!r} were trained for another setting ({'; '.join(wrong)}); "
+                         f"configure the modality as its card {str(card)!r} says")
