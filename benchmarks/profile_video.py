@@ -4,15 +4,15 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_video.py --profile       # + torch.profiler tables
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_video.py --cprofile      # + cProfile of the Python side
 
-Builds the teacher and a student exactly as ``benchmarks/video.py`` does (the causvid config's network, the
-shipped teacher and the exported student weights) and times, at batch 1 on one thread and in inference mode
-(as the benchmark): one teacher call on the 16-frame clip, the teacher's whole clip (Heun, 63 NFE), a student
-chunk call on an empty cache and on a full one (``cache_window`` chunks of context), the time to the first
+Builds the teacher and a student exactly as ``benchmarks/video.py`` does (the causvid config's network, the shipped
+teacher and the exported student weights) and times, at batch 1 on one thread and in inference mode (as the
+benchmark): one teacher call on the 16-frame clip, the teacher's whole clip (Heun 32 steps guided, 126 NFE), a
+student chunk call on an empty cache and on a full one (``cache_window`` chunks of context), the time to the first
 frame of a 4-step stream and a steady-state chunk (4 denoising calls and the previous chunk's cache write, fused
-into the first of them). The machine is shared with other jobs, so every measurement is taken once per round,
-the rounds interleave them, and the medians over rounds are reported, in wall time and in thread CPU time (which
-leaves out the time other jobs hold the core); the ratios that ``benchmarks/video.py`` reports (teacher clip over
-time to first frame, steady FPS over the teacher's) come from the same rounds. Nothing is trained or written.
+into the first of them). The machine is shared with other jobs, so every measurement is taken once per round, the
+rounds interleave them, and the medians over rounds are reported, in wall time and in thread CPU time (which leaves
+out the time other jobs hold the core); the ratios that ``benchmarks/video.py`` reports (teacher clip over time to
+first frame, steady FPS over the teacher's) come from the same rounds. Nothing is trained or written.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.video import NET, student  # noqa: E402
+from benchmarks.video import NET  # noqa: E402
 from modalities.video import VideoModality, generate_stream  # noqa: E402
 from tasks.moving_digits.text import caption_embeddings  # noqa: E402
 from unidistill.denoiser import GuidedDenoiser  # noqa: E402
@@ -51,11 +51,11 @@ def clock(fn: Callable[[], object], inner: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
-def build(run: str, teacher_steps: int, steps: int) -> dict[str, Callable[[], object]]:
+def build(run: str, teacher_steps: int, steps: int, guidance: float) -> dict[str, Callable[[], object]]:
     """The measured callables, keyed by the name they are reported under."""
     modality = VideoModality(**NET)
-    teacher = GuidedDenoiser(modality.load_teacher(), 1.0, modality.null_condition)  # as benchmarks/video.py
-    model = student(modality, ROOT / "runs" / "video" / run / "export" / "student.safetensors")
+    teacher = GuidedDenoiser(modality.load_teacher(), guidance, modality.null_condition)  # as benchmarks/video.py
+    model = modality.load_student(ROOT / "runs" / "video" / run / "export" / "student.safetensors")
     net = model.network
     cond = caption_embeddings()[:1]
     g = torch.Generator().manual_seed(0)
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default="causvid", help="student weights: runs/video/RUN/export/student.safetensors")
     p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
-    p.add_argument("--teacher-steps", type=int, default=32, help="Heun steps of the teacher clip (63 NFE)")
+    p.add_argument("--teacher-steps", type=int, default=32, help="Heun steps of the teacher clip (63 evaluations)")
+    p.add_argument("--guidance", type=float, default=2.0, help="the teacher's guidance (two calls per evaluation)")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--inner", type=int, default=21, help="calls per round of every callable but the teacher clip")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of a full-cache chunk call")
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    fns = build(args.run, args.teacher_steps, args.steps)
+    fns = build(args.run, args.teacher_steps, args.steps, args.guidance)
     clocks = measure(fns, args.rounds, args.inner)
     print(f"{'':32s} {'wall ms':>9s} {'cpu ms':>9s}")
     for name in fns:

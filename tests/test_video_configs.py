@@ -21,6 +21,18 @@ def test_required_configs_are_shipped():
     assert {"teacher", "causvid", "self_forcing"} <= {c.stem for c in CONFIGS}
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
+def test_configs_build_the_network_the_task_scripts_build(config):
+    """The benchmark and the stream command build the modality from ``NETWORK``; a config that drifted from it
+    (e.g. another prediction type) would be scored with the wrong denoiser."""
+    import yaml
+
+    from tasks.moving_digits import NETWORK
+
+    args = yaml.safe_load(config.read_text())["model"]["modality"]["init_args"]
+    assert {k: args.get(k) for k in NETWORK} == NETWORK
+
+
 def _overrides(config: Path, tmp: Path) -> list[str]:
     text = config.read_text()
     extra = []
@@ -97,16 +109,14 @@ def test_video_metrics_rank_real_clips_above_corrupted_ones():
 
 def test_shipped_ode_init_student_streams_past_the_training_length():
     from modalities.video import VideoModality, generate_stream
-    from modalities.video.plugin import load_weights
+    from tasks.moving_digits import NETWORK
     from tasks.moving_digits.text import caption_embeddings
 
     weights = ROOT / "tasks" / "moving_digits" / "weights" / "ode_init.safetensors"
-    modality = VideoModality(patch=8, teacher=str(weights.with_name("teacher.safetensors")))
-    teacher = modality.load_teacher()
-    assert not teacher.network.causal
-    student = modality.build_student(teacher)
-    load_weights(student.network, weights, "ode init")
-    net = student.network.eval()
+    modality = VideoModality(**NETWORK, teacher=str(weights.with_name("teacher.safetensors")))
+    assert not modality.load_teacher().network.causal
+    student = modality.load_student(weights)
+    net = student.network
     peak = 0
     for frame in generate_stream(caption_embeddings()[:2], student, steps=1, max_frames=4 * modality.frames):
         assert torch.isfinite(frame).all()

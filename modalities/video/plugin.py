@@ -21,7 +21,7 @@ from unidistill.denoiser import Denoiser, freeze
 from unidistill.modality import Modality
 from unidistill.objectives.base import Batch
 from unidistill.paths import PATHS, Path, check_prediction_type
-from unidistill.weights import load_safetensors
+from unidistill.weights import check_card, load_safetensors
 
 load_weights = load_safetensors  # used by the task's stream command and the benchmark
 
@@ -97,7 +97,19 @@ class VideoModality(Modality):
                 for p in den.network.head.parameters():  # a zero head would make the random teacher trivial
                     torch.nn.init.normal_(p, std=0.02)
         else:
+            check_card(self.teacher_source, self.card_fields(), "video teacher")
             load_weights(den.network, self.teacher_source, "video teacher")
+        return freeze(den)
+
+    def card_fields(self) -> dict[str, Any]:
+        """What a weights card must agree on to be read by this modality's denoisers (``check_card``)."""
+        return {"modality": self.name, "path": repr(self.path), "prediction": self.prediction}
+
+    def load_student(self, weights: str | FilePath) -> Denoiser:
+        """A frozen block-causal student from exported weights (``unidistill export``), for streaming."""
+        den = Denoiser(self.new_network(causal=True), self.path, self.prediction)
+        check_card(weights, self.card_fields(), "video student")
+        load_weights(den.network, weights, "video student")
         return freeze(den)
 
     def build_student(self, teacher: Denoiser, guidance_conditioned: bool = False) -> Denoiser:

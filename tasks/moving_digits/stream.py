@@ -12,12 +12,9 @@ import time
 import torch
 
 from modalities.video import VideoModality, generate_stream, save_gif
-from modalities.video.plugin import load_weights
+from tasks.moving_digits import NETWORK
 from tasks.moving_digits.clips import CAPTIONS
 from tasks.moving_digits.text import caption_embeddings
-
-NET = {"frames": 16, "size": 32, "patch": 8, "dim": 64, "depth": 4, "heads": 4, "cond_dim": 384, "chunk_size": 4,
-       "cache_window": 3}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,11 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [c for c in captions if c not in CAPTIONS]
     if unknown:
         raise SystemExit(f"unknown caption(s) {unknown}; the task's captions look like {CAPTIONS[:4]}")
-    modality = VideoModality(**NET)
-    student = modality.new_denoiser()
-    student.network.causal = True
-    load_weights(student.network, args.student, "student")
-    student.eval().requires_grad_(False)
+    modality = VideoModality(**NETWORK)
+    student = modality.load_student(args.student)
     cond = caption_embeddings()[[CAPTIONS.index(c) for c in captions]]
     start, frames = time.perf_counter(), []
     for frame in generate_stream(cond, student, args.steps, generator=torch.Generator().manual_seed(args.seed),
