@@ -23,8 +23,6 @@ from unidistill.objectives.base import Batch
 from unidistill.paths import PATHS, Path, check_prediction_type
 from unidistill.weights import check_card, load_safetensors
 
-load_weights = load_safetensors  # used by the task's stream command and the benchmark
-
 
 class VideoEvaluator(Protocol):
     """What a task supplies for quality: metrics of generated clips given conditions and real clips."""
@@ -85,7 +83,8 @@ class VideoModality(Modality):
         teacher recipe can continue from earlier weights."""
         den = Denoiser(self.new_network(), self.path, self.prediction)
         if self.student_init is not None:
-            load_weights(den.network, self.student_init, "initialisation")
+            check_card(self.student_init, self.card_fields(), "initialisation")
+            load_safetensors(den.network, self.student_init, "initialisation")
         return den
 
     def load_teacher(self) -> Denoiser:
@@ -98,7 +97,7 @@ class VideoModality(Modality):
                     torch.nn.init.normal_(p, std=0.02)
         else:
             check_card(self.teacher_source, self.card_fields(), "video teacher")
-            load_weights(den.network, self.teacher_source, "video teacher")
+            load_safetensors(den.network, self.teacher_source, "video teacher")
         return freeze(den)
 
     def card_fields(self) -> dict[str, Any]:
@@ -109,7 +108,7 @@ class VideoModality(Modality):
         """A frozen block-causal student from exported weights (``unidistill export``), for streaming."""
         den = Denoiser(self.new_network(causal=True), self.path, self.prediction)
         check_card(weights, self.card_fields(), "video student")
-        load_weights(den.network, weights, "video student")
+        load_safetensors(den.network, weights, "video student")
         return freeze(den)
 
     def build_student(self, teacher: Denoiser, guidance_conditioned: bool = False) -> Denoiser:
