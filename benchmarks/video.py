@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=128)
     p.add_argument("--drift-samples", type=int, default=64)
     p.add_argument("--teacher-steps", type=int, default=32, help="Heun steps of the teacher (2 NFE each but the last)")
+    p.add_argument("--teacher", default=NET["teacher"], help="teacher weights (safetensors with its card)")
     p.add_argument("--guidance", type=float, default=2.0,
                    help="the teacher's classifier-free guidance scale (the students' real score uses the same)")
     p.add_argument("--extra-teachers", nargs="*", default=["8:2"],
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    modality = VideoModality(**NET)
+    modality = VideoModality(**{**NET, "teacher": args.teacher})
     evaluator = MovingDigitsEvaluator()
     out_dir = Path(args.out).parent
     real, cond = reference(args.samples, 16, 900_000)
