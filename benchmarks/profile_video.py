@@ -129,7 +129,7 @@ def profile_call(fns: dict[str, Callable[[], object]], name: str, use_cprofile: 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", default="causvid", help="student weights: runs/video/RUN/export/student.safetensors")
+    p.add_argument("--run", default="w2/causvid", help="student weights: runs/video/RUN/export/student.safetensors")
     p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
     p.add_argument("--teacher-steps", type=int, default=32, help="Heun steps of the teacher clip (63 evaluations)")
     p.add_argument("--guidance", type=float, default=2.0, help="the teacher's guidance (two calls per evaluation)")

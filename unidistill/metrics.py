@@ -64,3 +64,39 @@ def time_call(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> fl
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def timed(fn: Callable[[], object]) -> Callable[[], float]:
+    """``fn`` as a callable that returns the wall seconds it took (the form ``paired_times`` takes)."""
+
+    def run() -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    return run
+
+
+def paired_times(fns: dict[str, Callable[[], float]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per round of each callable (each returns the seconds it measured, e.g. ``timed(f)``), the rounds
+    interleaving them: every round runs each callable once, in order. A speed ratio then comes from the same
+    round's two times (``paired_ratio``), so a shared machine that slows down for a while slows both sides of
+    it, where two medians taken minutes apart would not."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(float(fn()))
+    return times
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """The median over rounds of ``numerator[i] / denominator[i]`` (times of the same rounds)."""
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"need two equally long, non-empty lists of round times, got {len(numerator)} and "
+                         f"{len(denominator)}")
+    return statistics.median(n / d for n, d in zip(numerator, denominator, strict=True))
