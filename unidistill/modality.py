@@ -25,7 +25,7 @@ from torch import Tensor
 
 from unidistill.denoiser import Denoiser
 from unidistill.objectives.base import Batch
-from unidistill.weights import check_card, load_safetensors
+from unidistill.weights import load_safetensors
 
 ENTRY_POINT_GROUP = "unidistill.modalities"
 _REGISTRY: dict[str, type[Modality]] = {}
@@ -133,9 +133,8 @@ class Modality(ABC):
         """Load ``student_init`` into a freshly built student network, if one is set; a card beside the file
         must agree with ``card`` (the teacher's path and prediction type, see ``check_card``)."""
         if self.student_init is not None:
-            check_card(self.student_init, card or {}, "student initialisation")
             load_safetensors(network, self.student_init, "student initialisation",
-                             "the student must have the teacher's architecture and config")
+                             "the student must have the teacher's architecture and config", card=card or {})
 
     @property
     def guidance_input(self) -> bool:

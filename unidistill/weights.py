@@ -41,9 +41,13 @@ def load_state(module: nn.Module, state: dict[str, Tensor], path: str | Path, wh
     module.load_state_dict(state)
 
 
-def load_safetensors(module: nn.Module, path: str | Path, what: str, hint: str = "") -> None:
+def load_safetensors(module: nn.Module, path: str | Path, what: str, hint: str = "",
+                     card: dict[str, Any] | None = None) -> None:
     """Strictly load ``path`` into ``module``. ``what`` names the weights in errors (``"teacher"``); ``hint``
-    says which configuration fields decide the shapes (``"horizon, backbone, sizes"``)."""
+    says which configuration fields decide the shapes (``"horizon, backbone, sizes"``); ``card``: the fields a
+    card beside the file must agree on (``check_card``), checked before anything is read."""
+    if card is not None:
+        check_card(path, card, what)
     load_state(module, read_safetensors(path, what), path, what, hint)
 
 

@@ -21,7 +21,7 @@ from unidistill.denoiser import Denoiser, freeze
 from unidistill.modality import Modality
 from unidistill.objectives.base import Batch
 from unidistill.paths import PATHS, Path, check_prediction_type
-from unidistill.weights import check_card, load_safetensors
+from unidistill.weights import load_safetensors
 
 
 class VideoEvaluator(Protocol):
@@ -83,8 +83,7 @@ class VideoModality(Modality):
         teacher recipe can continue from earlier weights."""
         den = Denoiser(self.new_network(), self.path, self.prediction)
         if self.student_init is not None:
-            check_card(self.student_init, self.card_fields(), "initialisation")
-            load_safetensors(den.network, self.student_init, "initialisation")
+            load_safetensors(den.network, self.student_init, "initialisation", card=self.card_fields())
         return den
 
     def load_teacher(self) -> Denoiser:
@@ -96,8 +95,7 @@ class VideoModality(Modality):
                 for p in den.network.head.parameters():  # a zero head would make the random teacher trivial
                     torch.nn.init.normal_(p, std=0.02)
         else:
-            check_card(self.teacher_source, self.card_fields(), "video teacher")
-            load_safetensors(den.network, self.teacher_source, "video teacher")
+            load_safetensors(den.network, self.teacher_source, "video teacher", card=self.card_fields())
         return freeze(den)
 
     def card_fields(self) -> dict[str, Any]:
@@ -107,8 +105,7 @@ class VideoModality(Modality):
     def load_student(self, weights: str | FilePath) -> Denoiser:
         """A frozen block-causal student from exported weights (``unidistill export``), for streaming."""
         den = Denoiser(self.new_network(causal=True), self.path, self.prediction)
-        check_card(weights, self.card_fields(), "video student")
-        load_safetensors(den.network, weights, "video student")
+        load_safetensors(den.network, weights, "video student", card=self.card_fields())
         return freeze(den)
 
     def build_student(self, teacher: Denoiser, guidance_conditioned: bool = False) -> Denoiser:
