@@ -29,8 +29,15 @@ def test_ratio_is_the_median_of_per_round_ratios():
     assert paired_ratio([10.0, 40.0, 30.0], [1.0, 2.0, 3.0]) == 10.0
 
 
-def test_timed_returns_the_measured_seconds_and_bad_input_is_refused():
-    assert timed(lambda: None)() >= 0.0
+def test_timed_returns_the_seconds_between_its_two_clock_reads(monkeypatch):
+    clock = iter([100.0, 102.5])
+    monkeypatch.setattr("unidistill.metrics.time.perf_counter", lambda: next(clock))
+    ran = []
+    assert timed(lambda: ran.append(1))() == 2.5
+    assert ran == [1]
+
+
+def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         paired_times({"a": lambda: 1.0}, rounds=0)
     with pytest.raises(ValueError, match="equally long"):
