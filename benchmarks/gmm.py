@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from unidistill.bench import compare, format_table, write_results  # noqa: E402
-from unidistill.cli import build, load_weights, reference_batch  # noqa: E402
+from unidistill.runs import build, load_checkpoint, reference_batch  # noqa: E402
 
 TEACHER_RUNS = [("ddim", 1), ("ddim", 2), ("ddim", 4), ("heun", 64), ("dpm_solver_pp_2m", 64)]
 # The issues' targets: (objective, NFE, at least this much better than the teacher at that NFE, at most this
@@ -167,7 +167,7 @@ def main() -> None:
     rows, measured = [], set()
     for name in names:
         module, dm = build(ROOT / "configs" / "gmm" / f"{name}.yaml")
-        load_weights(module, trained[name]["ckpt"])
+        load_checkpoint(module, trained[name]["ckpt"])
         module = module.eval()
         module._sync_teacher_device()
         x, cond = reference_batch(module, dm, args.samples)

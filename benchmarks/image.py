@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from unidistill.bench import compare, format_table, write_results  # noqa: E402
-from unidistill.cli import build, load_weights, reference_batch  # noqa: E402
+from unidistill.runs import build, load_checkpoint, reference_batch  # noqa: E402
 
 TEACHER_RUNS = [("ddim", 50), ("dpm_solver_pp_2m", 4), ("dpm_solver_pp_2m", 8), ("dpm_solver_pp_2m", 16)]
 
@@ -99,7 +99,7 @@ def main() -> None:
             print(f"skipping {obj}: no checkpoint at {ckpt}")
             continue
         m, _ = build(ROOT / f"configs/digits/{obj}.yaml")
-        load_weights(m, ckpt)
+        load_checkpoint(m, ckpt)
         m.eval()
         student_rows = compare(m, cond, x, [1, 2, 4], [], seeds=[0], timing_batch=64, timing_repeats=3,
                                model_name=obj)

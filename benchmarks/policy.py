@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from modalities.policy.evaluation import control_rates, evaluate, rollout, save_gif  # noqa: E402
 from unidistill.bench import format_table, write_results  # noqa: E402
-from unidistill.cli import build, load_weights, quiet_known_warnings  # noqa: E402
+from unidistill.cli import quiet_known_warnings  # noqa: E402
+from unidistill.runs import build, load_checkpoint  # noqa: E402
 
 log = logging.getLogger("benchmarks.policy")
 
@@ -52,7 +53,7 @@ def _module(task: str, objective: str, runs: Path, ckpt: bool = True) -> Any:
             raise FileNotFoundError(f"no checkpoint for {task}/{objective} at {str(path)!r}; train it with "
                                     f"`unidistill fit --config configs/{task}/{objective}.yaml "
                                     f"--trainer.default_root_dir={runs / f'{task}_{objective}'}`")
-        load_weights(module, path)
+        load_checkpoint(module, path)
     module.eval()
     module._sync_teacher_device()
     return module

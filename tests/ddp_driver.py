@@ -24,7 +24,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from unidistill.cli import UnidistillCLI, quiet_known_warnings  # noqa: E402
+from unidistill.cli import quiet_known_warnings  # noqa: E402
+from unidistill.runs import UnidistillCLI  # noqa: E402
 
 
 def digest(state: dict) -> dict[str, str]:

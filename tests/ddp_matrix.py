@@ -65,7 +65,7 @@ def single_thread():
 
 def single(run: Run, out: Path, steps: int, ckpt: Path | None = None, callbacks=None):
     """A single-process fit of ``steps`` optimizer steps into ``out`` (resumed from ``ckpt`` if given)."""
-    from unidistill.cli import UnidistillCLI
+    from unidistill.runs import UnidistillCLI
 
     args = ["fit", "--config", str(run.config), *QUIET, *run.args, f"--trainer.default_root_dir={out}",
             f"--trainer.max_steps={steps}", "--trainer.devices=1"]

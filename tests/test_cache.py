@@ -11,7 +11,7 @@ from trajectory_helpers import make_batch, make_ctx, make_roles
 import unidistill.cache as cache_mod
 from unidistill.cache import TeacherCache, generate_cache, solve_with_checkpoints
 from unidistill.objectives.reflow import Reflow
-from unidistill.objectives.regression import TrajectoryRegression
+from unidistill.objectives.trajectory import TrajectoryRegression
 from unidistill.solvers import sample
 
 SHAPE = (2, 4, 4)
@@ -137,7 +137,8 @@ data:
 
 
 def test_cli_cache_writes_the_cache_a_config_reads(tmp_path):
-    from unidistill.cli import build, main
+    from unidistill.cli import main
+    from unidistill.runs import build
 
     root = tmp_path / "cache"
     cfg = tmp_path / "reflow.yaml"

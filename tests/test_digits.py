@@ -12,8 +12,9 @@ from modalities.image import ImageModality
 from modalities.image.evaluation import frechet_distance_features
 from tasks.digits import DigitsClassifier, DigitsDataModule, load_digit_images
 from tasks.digits.data import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, caption
-from unidistill.cli import UnidistillCLI, configured_cache_root, main
+from unidistill.cli import main
 from unidistill.metrics import frechet_distance
+from unidistill.runs import UnidistillCLI, configured_cache_root
 
 CONFIGS = sorted(Path("configs/digits").glob("*.yaml"))
 TEACHER = Path("tasks/digits/weights/teacher")

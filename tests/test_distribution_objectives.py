@@ -355,7 +355,7 @@ def test_dmd2_one_step_student_on_gmm_quality(tmp_path):
     2.5x of the ~64-NFE Heun teacher (sliced Wasserstein against the 8192 held-out samples, as
     ``benchmarks/gmm.py`` measures), all modes covered. About 6 CPU minutes; run alone with ``-m slow``."""
     from unidistill.bench import compare
-    from unidistill.cli import UnidistillCLI, reference_batch
+    from unidistill.runs import UnidistillCLI, reference_batch
 
     torch.set_num_threads(1)
     cli = UnidistillCLI(args=["fit", "--config", "configs/gmm/dmd2.yaml", f"--trainer.default_root_dir={tmp_path}",

@@ -7,7 +7,7 @@ the plan is ``[fake_score, student]``, ``[fake_score]``, ... so iterations cost 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from unidistill.cli import UnidistillCLI
+from unidistill.runs import UnidistillCLI
 
 
 def _args(tmp_path, root):

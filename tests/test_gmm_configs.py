@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unidistill.cli import build
+from unidistill.runs import build
 from unidistill.solvers import SOLVERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,8 @@ def test_time_scale_default_unchanged_and_configurable():
 def test_bench_reads_the_config_a_run_saved_with_its_overrides(tmp_path, capsys):
     """A run's own config.yaml (Lightning adds ``ckpt_path`` etc.) rebuilds the run's model, overrides included,
     so ``unidistill bench --config <run>/config.yaml --ckpt <run>/checkpoints/last.ckpt`` scores that student."""
-    from unidistill.cli import load_weights, main
+    from unidistill.cli import main
+    from unidistill.runs import load_checkpoint
 
     config = next(c for c in CONFIGS if c.stem == "regression")
     main(["fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2",
@@ -70,7 +71,7 @@ def test_bench_reads_the_config_a_run_saved_with_its_overrides(tmp_path, capsys)
     assert "ckpt_path" in saved.read_text()
     module, _ = build(saved)
     assert module.student.network.inp.out_features == 24  # the override, not the shipped 128
-    load_weights(module, tmp_path / "checkpoints" / "last.ckpt")
+    load_checkpoint(module, tmp_path / "checkpoints" / "last.ckpt")
     main(["bench", "--config", str(saved), "--ckpt", str(tmp_path / "checkpoints" / "last.ckpt"), "--teacher",
           "--nfes", "1", "--samples", "64", "--seeds", "1"])
     assert "TrajectoryRegression" in capsys.readouterr().out
@@ -99,7 +100,7 @@ def test_compare_scores_guided_teacher_runs_with_their_guidance():
     """``compare`` takes ``(solver, nfe, guidance)`` teacher runs: the row records the guidance, and its samples
     are the guided teacher's (different from the unguided run with the same seeds)."""
     from unidistill.bench import compare
-    from unidistill.cli import reference_batch
+    from unidistill.runs import reference_batch
 
     module, dm = build(next(c for c in CONFIGS if c.stem == "regression"))
     x, cond = reference_batch(module, dm, 256)

@@ -12,7 +12,7 @@ import torch
 
 from unidistill.modality import _REGISTRY, available_modalities, register_modality
 from unidistill.objectives import DMD2, ConsistencyDistillation, Objective
-from unidistill.regression import (
+from unidistill.regress import (
     Cell,
     CellFailure,
     build_matrix,
@@ -293,7 +293,7 @@ def test_goldens_comparison_flags_regressions_improvements_and_missing_entries()
 
 @pytest.mark.parametrize("modality", ["gmm", "image", "video", "policy"])
 def test_shipped_goldens_are_complete_and_stamped(modality):
-    from unidistill.regression import GOLDENS, quality_configs
+    from unidistill.regress.quality import GOLDENS, quality_configs
 
     data = json.loads((GOLDENS / f"{modality}.json").read_text())
     assert data["command"].startswith("unidistill regress") and len(data["commit"]) >= 40

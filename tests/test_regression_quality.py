@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quality_tier_writes_goldens_passes_on_a_rerun_and_fails_on_a_regression(tmp_path, capsys):
     argv = ["regress", "--tier", "quality", "--modality", "gmm", "--objective", "regression", "--max-steps", "20",
-            "--samples", "1024", "--goldens-dir", str(tmp_path), "--workdir", str(tmp_path / "runs")]
+            "--samples", "1024", "--goldens", str(tmp_path), "--workdir", str(tmp_path / "runs")]
     main([*argv, "--update-goldens"])
     golden = json.loads((tmp_path / "gmm.json").read_text())
     assert set(golden["entries"]) == {"gmm/regression@nfe1", "gmm/regression@nfe2", "gmm/regression@nfe4"}
@@ -46,7 +46,7 @@ def test_partial_golden_update_keeps_the_files_stamp_and_stamps_its_own_entries(
               "tolerance_rule": "r", "entries": {"gmm/x@nfe1": other}}
     (tmp_path / "gmm.json").write_text(json.dumps(before))
     argv = ["regress", "--tier", "quality", "--modality", "gmm", "--objective", "regression", "--samples", "1024",
-            "--goldens-dir", str(tmp_path), "--workdir", str(tmp_path / "runs"), "--update-goldens"]
+            "--goldens", str(tmp_path), "--workdir", str(tmp_path / "runs"), "--update-goldens"]
     with pytest.raises(ValueError, match="budget .* was made with"):
         main([*argv, "--max-steps", "10"])  # other entries were measured with 20 steps
     main([*argv, "--max-steps", "20"])
@@ -62,7 +62,7 @@ GOLDENS = sorted(p.stem for p in (ROOT / "benchmarks" / "goldens").glob("*.json"
 
 
 def test_every_registered_task_modality_ships_goldens():
-    from unidistill.regression import quality_configs
+    from unidistill.regress import quality_configs
 
     assert set(GOLDENS) >= {"gmm", "image", "video", "policy"}
     for modality in GOLDENS:
@@ -79,7 +79,7 @@ EXPECTED_METRIC = {"gmm": "sliced_wasserstein", "image": "fd_digits", "video": "
 
 def test_regression_metric_must_be_one_the_plugin_reports():
     from modalities.gmm import GaussianMixture, GmmModality
-    from unidistill.regression import metric_choice
+    from unidistill.regress import metric_choice
 
     modality = GmmModality(GaussianMixture(dim=2, num_components=4))
     metrics = {"mmd": 0.1, "sliced_wasserstein": 0.2}

@@ -4,7 +4,7 @@ also when the checkpoint falls in the middle of an epoch."""
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from unidistill.cli import UnidistillCLI
+from unidistill.runs import UnidistillCLI
 
 
 def _fit(args, steps, ckpt_path=None, every=None):

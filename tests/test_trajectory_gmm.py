@@ -18,7 +18,7 @@ TARGET_NFE = {"phased": 2, "progressive": 1, "regression": 1, "reflow": 1, "scm"
 
 
 def distil_and_score(name: str, root: Path, samples: int = 8192) -> dict[str, float]:
-    from unidistill.cli import UnidistillCLI, reference_batch
+    from unidistill.runs import UnidistillCLI, reference_batch
 
     cli = UnidistillCLI(args=["fit", "--config", str(ROOT / "configs" / "gmm" / f"{name}.yaml"),
                               f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false",

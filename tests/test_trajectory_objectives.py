@@ -19,7 +19,7 @@ from unidistill.objectives.consistency import ConsistencyDistillation
 from unidistill.objectives.phased import PhasedConsistencyDistillation
 from unidistill.objectives.progressive import ProgressiveDistillation, two_step_target
 from unidistill.objectives.reflow import Reflow
-from unidistill.objectives.regression import TrajectoryRegression
+from unidistill.objectives.trajectory import TrajectoryRegression
 from unidistill.paths import VPCosine
 from unidistill.solvers import ode_step
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from modalities.video import VideoDiT, VideoModality, generate_stream
+from unidistill.causal import CausalNetwork, causal_network
 from unidistill.denoiser import Denoiser
-from unidistill.modality import CausalNetwork, causal_network
 from unidistill.objectives import CausVid, Context, DiffusionForcing, SelfForcing, TeacherForcing
 from unidistill.objectives.rollout import rollout
 from unidistill.paths import RectifiedFlow
@@ -226,7 +226,7 @@ def test_causvid_regression_input_has_one_noise_level_per_chunk():
 
 @pytest.mark.parametrize("name", ["CausVid", "SelfForcing", "TeacherForcing", "DiffusionForcing"])
 def test_tiny_video_cells_run_a_real_objective_step(name):
-    from unidistill.regression import build_matrix, run_fast_cell
+    from unidistill.regress import build_matrix, run_fast_cell
 
     (cell,) = [c for c in build_matrix(["video"], [name]) if c.objective == name]
     assert cell.status == "ready"

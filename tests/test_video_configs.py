@@ -53,7 +53,7 @@ def _overrides(config: Path, tmp: Path) -> list[str]:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
 def test_moving_digits_config_runs_optimizer_steps(config, tmp_path):
-    from unidistill.cli import build
+    from unidistill.runs import build
 
     torch.manual_seed(0)
     module, dm = build(config, _overrides(config, tmp_path))

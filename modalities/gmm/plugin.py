@@ -14,10 +14,10 @@ from torch import Tensor
 
 from modalities.gmm.mixture import AnalyticDenoiserNet, GaussianMixture
 from modalities.gmm.network import MLPDenoiserNet
+from unidistill.batch import Batch
 from unidistill.denoiser import Denoiser, freeze
 from unidistill.metrics import mmd_rbf, sliced_wasserstein
 from unidistill.modality import Modality
-from unidistill.objectives.base import Batch
 from unidistill.paths import PATHS, Path, check_prediction_type
 from unidistill.weights import load_safetensors
 

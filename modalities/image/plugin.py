@@ -27,9 +27,9 @@ from modalities.image.networks import (
 from modalities.image.pipeline import PipelineParts, load_pipeline_folder
 from modalities.image.pretrained_metrics import check_clip_folder, check_inception_weights
 from modalities.image.text import TextEncoder
+from unidistill.batch import Batch
 from unidistill.denoiser import Denoiser, freeze
 from unidistill.modality import Modality
-from unidistill.objectives.base import Batch
 from unidistill.paths import path_from_diffusers
 
 DEFAULT_SCHEDULER = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.0001,

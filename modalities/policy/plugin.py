@@ -27,10 +27,10 @@ from modalities.policy.demos import DemoSource, NpzDemos, stack_episodes
 from modalities.policy.executor import DiffusionPlanner, RecedingHorizonExecutor
 from modalities.policy.networks import PolicyNetwork, TimestepAdapter
 from modalities.policy.normalizer import Normalizer
+from unidistill.batch import Batch
 from unidistill.denoiser import Denoiser, freeze
 from unidistill.metrics import sliced_wasserstein
 from unidistill.modality import Modality
-from unidistill.objectives.base import Batch
 from unidistill.paths import VPDiscrete, check_prediction_type
 from unidistill.weights import load_state, read_safetensors
 

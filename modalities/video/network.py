@@ -8,7 +8,7 @@ positions stay valid as a stream runs past the training length (as in Self-Forci
 
 Block-causal mode follows "From Slow Bidirectional to Fast Autoregressive Video Diffusion Models" (CausVid):
 frames are grouped in chunks of ``chunk_size``; a frame attends to every frame of its own and earlier chunks.
-The network implements ``unidistill.modality.CausalNetwork``.
+The network implements ``unidistill.causal.CausalNetwork``.
 
 At this size a call is a few hundred small kernels, so its fixed cost, not its FLOPs, sets the speed of a
 4-frame chunk call (``benchmarks/profile_video.py``). Hence: per-call constants (masks, rotary tables, time
@@ -251,7 +251,7 @@ class Block(nn.Module):
 
 class VideoDiT(nn.Module):
     """Video DiT on ``[B, T, C, H, W]`` with per-frame time ``[B, T]`` (or ``[B]``) and a caption embedding
-    ``[B, cond_dim]`` (zeros = the null caption). Implements ``unidistill.modality.CausalNetwork``.
+    ``[B, cond_dim]`` (zeros = the null caption). Implements ``unidistill.causal.CausalNetwork``.
 
     Args:
         channels, size: frame channels and side; ``patch``: square patch side.

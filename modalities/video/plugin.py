@@ -17,9 +17,9 @@ from torch import Tensor
 
 from modalities.video.gif import save_gif
 from modalities.video.network import VideoDiT
+from unidistill.batch import Batch
 from unidistill.denoiser import Denoiser, freeze
 from unidistill.modality import Modality
-from unidistill.objectives.base import Batch
 from unidistill.paths import PATHS, Path, check_prediction_type
 from unidistill.weights import load_safetensors
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from unidistill.modality import causal_network
+from unidistill.causal import causal_network
 from unidistill.objectives.rollout import stream
 
 

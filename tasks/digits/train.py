@@ -100,10 +100,10 @@ def train_vae(out: FilePath = HERE / "weights" / "vae", steps: int = 800, seed: 
 def export_teacher(config: str, ckpt: str, out: str) -> FilePath:
     """The EMA network of a teacher-training run as a diffusers pipeline folder (no text encoder)."""
     from modalities.image.pipeline import save_teacher_folder
-    from unidistill.cli import build, load_weights
+    from unidistill.runs import build, load_checkpoint
 
     module, _ = build(config)
-    load_weights(module, ckpt)
+    load_checkpoint(module, ckpt)
     net = (module.ema.module if module.ema is not None else module.student).network
     modality = module.modality
     return save_teacher_folder(out, net, modality.scheduler_config, modality.vae)

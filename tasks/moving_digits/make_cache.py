@@ -15,7 +15,7 @@ import torch
 
 from tasks.moving_digits.text import caption_embeddings
 from unidistill.cache import generate_cache
-from unidistill.cli import build
+from unidistill.runs import build
 
 
 def main(argv: list[str] | None = None) -> None:

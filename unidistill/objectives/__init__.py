@@ -11,9 +11,9 @@ from unidistill.objectives.flow_map import FlowMapDistillation, FlowMapModel
 from unidistill.objectives.phased import PhasedConsistencyDistillation
 from unidistill.objectives.progressive import PhaseTeacher, ProgressiveDistillation
 from unidistill.objectives.reflow import Reflow
-from unidistill.objectives.regression import TrajectoryRegression
 from unidistill.objectives.scm import ContinuousConsistency, LogVarHead
 from unidistill.objectives.sid import ScoreIdentityDistillation
+from unidistill.objectives.trajectory import TrajectoryRegression
 
 __all__ = [
     "AdversarialDistillation",

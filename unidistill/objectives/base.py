@@ -22,24 +22,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from unidistill.batch import Batch
 from unidistill.denoiser import GuidedDenoiser
-
-
-@dataclass
-class Batch:
-    """One training batch in latent space: data ``x0`` (``None`` for data-free objectives), an opaque
-    condition, and an optional validity mask for ragged latents."""
-
-    x0: Tensor | None
-    cond: Any = None
-    mask: Tensor | None = None
-    size: int = 0
-
-    def __post_init__(self) -> None:
-        if self.x0 is not None:
-            self.size = self.x0.shape[0]
-        if self.size <= 0:
-            raise ValueError("a Batch needs x0 or a positive size")
 
 
 def _identity(cond: Any) -> Any:
@@ -169,7 +153,7 @@ class Objective(ABC):
     def name(self) -> str:
         return type(self).__name__
 
-    # -- the cross-modality regression matrix (unidistill.regression) -----------------------------------
+    # -- the cross-modality regression matrix (unidistill.regress) -----------------------------------
     @classmethod
     def tiny(cls, modality: Any) -> Objective:
         """A CPU-seconds instance for ``modality`` (a ``Modality``): few teacher steps, short phases, small

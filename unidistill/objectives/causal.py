@@ -31,11 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from unidistill.cache import TeacherCache
+from unidistill.causal import causal_network
 from unidistill.objectives.base import Batch, Context, LossOutput, Objective
 from unidistill.objectives.dmd import DMD2
 from unidistill.objectives.losses import squared_error
-from unidistill.objectives.regression import TrajectoryRegression
-from unidistill.objectives.rollout import ChunkRollout, causal_net, rollout
+from unidistill.objectives.rollout import ChunkRollout, rollout
+from unidistill.objectives.trajectory import TrajectoryRegression
 from unidistill.timesteps import TimeSampler, UniformTime
 
 
@@ -102,7 +103,7 @@ class CausVid(DMD2):
 
     def build_roles(self, student: nn.Module, teacher: nn.Module | None) -> dict[str, nn.Module]:
         roles = super().build_roles(student, teacher)
-        causal_net(roles["fake_score"]).causal = self.fake_causal
+        causal_network(roles["fake_score"]).causal = self.fake_causal
         return roles
 
     def plan(self, iteration: int) -> list[str]:
@@ -126,7 +127,7 @@ class CausVid(DMD2):
         _, cond, states = self.ode.pairs(batch, ctx, grid)
         stacked = torch.stack(states[:-1], dim=1)  # [B, K, T, ...]
         b, _, frames = stacked.shape[:3]
-        j = chunk_index(b, frames, causal_net(student).chunk_size, self.student_steps, ctx.generator, ctx.device)
+        j = chunk_index(b, frames, causal_network(student).chunk_size, self.student_steps, ctx.generator, ctx.device)
         x_in = stacked[torch.arange(b, device=ctx.device)[:, None], j, torch.arange(frames, device=ctx.device)]
         t = grid.to(ctx.dtype)[j]
         per = squared_error(student(x_in, t, cond).x0, states[-1], batch.mask)
@@ -141,7 +142,7 @@ class CausVid(DMD2):
         """Clean clips noised at an independent grid step per chunk, denoised in one block-causal call."""
         x0 = self._data(batch)
         grid = torch.tensor(self.grid(ctx), device=ctx.device, dtype=ctx.dtype)
-        j = chunk_index(batch.size, x0.shape[1], causal_net(ctx.student).chunk_size, self.student_steps,
+        j = chunk_index(batch.size, x0.shape[1], causal_network(ctx.student).chunk_size, self.student_steps,
                         ctx.generator, ctx.device)
         t = grid[j]
         x_t = ctx.student.path.add_noise(x0, ctx.randn(x0.shape), t)
@@ -194,7 +195,7 @@ class TeacherForcing(CausVid):
     def generate(self, batch: Batch, ctx: Context, grad: bool) -> tuple[Tensor, Tensor]:
         x0 = self._data(batch)
         grid = torch.tensor(self.grid(ctx), device=ctx.device, dtype=ctx.dtype)
-        k = causal_net(ctx.student).chunk_size
+        k = causal_network(ctx.student).chunk_size
         run = ChunkRollout(ctx.student, batch.cond, grid.tolist(), ctx.randn, self.context_time)
         outs = []
         try:
@@ -236,7 +237,7 @@ class DiffusionForcing(Objective):
             raise ValueError("DiffusionForcing trains from data (batch.x0); got a data-free batch")
         net = ctx.student
         x0 = batch.x0
-        k = causal_net(net).chunk_size
+        k = causal_network(net).chunk_size
         n_chunks = -(-x0.shape[1] // k)
         t = self.time_sampler(net.path, batch.size * n_chunks, ctx.generator).to(x0)
         t = t.reshape(batch.size, n_chunks).repeat_interleave(k, dim=1)[:, : x0.shape[1]]

@@ -11,7 +11,7 @@ keeps the gradient of one grad-enabled call at the exit step; inference runs eve
 times (context frames at ``context_time``): the reference the KV cache must match. The ``causal`` solver
 registered here lets ``DistillationModule`` sample causal students (validation, ``unidistill bench``), and
 ``stream`` yields chunks for as long as the caller reads. Only the ``CausalNetwork`` contract of
-``unidistill.modality`` is used (plus, when a network offers it, ``storing(frames=n)``: see ``stream``); the
+``unidistill.causal`` is used (plus, when a network offers it, ``storing(frames=n)``: see ``stream``); the
 frame axis is the latent's first trailing axis.
 """
 
@@ -23,15 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from unidistill.causal import causal_network
 from unidistill.solvers import SOLVERS, SampleResult
 
 Randn = Callable[[tuple[int, ...]], Tensor]
-
-
-def causal_net(model: Any) -> Any:
-    from unidistill.modality import causal_network  # lazy: unidistill.modality imports this package
-
-    return causal_network(model)
 
 
 def _full(t: float, x: Tensor) -> Tensor:
@@ -54,7 +49,7 @@ class ChunkRollout:
                  recompute: bool = False) -> None:
         self.model, self.cond, self.grid, self.randn = model, cond, list(grid), randn
         self.context_time, self.recompute = context_time, recompute
-        self.net = causal_net(model)
+        self.net = causal_network(model)
         self.context: list[Tensor] = []  # recompute mode: the context frames as the model saw them
         self.nfe = 0
         if recompute:
@@ -135,7 +130,7 @@ def rollout(model: Any, noise: Tensor, cond: Any, grid: list[float], randn: Rand
     With ``grad``, every chunk's exit-step call keeps its graph (Self-Forcing's training rollout); the
     cache writes never do. ``exit_step`` is the same for every chunk (Self-Forcing's default).
     """
-    k = causal_net(model).chunk_size
+    k = causal_network(model).chunk_size
     run = ChunkRollout(model, cond, grid, randn, context_time, recompute)
     chunks = []
     try:
