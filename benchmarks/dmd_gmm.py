@@ -1,8 +1,8 @@
 """DMD2 / SiD quality on the gmm toy (exact analytic teacher, 8 dims): 1-NFE student vs the teacher.
 
 Trains a one-step student (MLP) with an objective from ``unidistill.objectives`` using plain AdamW and
-``run_iteration`` for a CPU-time budget, then compares sliced Wasserstein / MMD / mode coverage on 8192
-class-conditional samples against the teacher at 1 NFE (DDIM) and ~64 NFE (Heun, 32 steps = 63 NFE).
+the engine (``unidistill.engine.Engine``) for a CPU-time budget, then compares sliced Wasserstein / MMD / mode
+coverage on 8192 class-conditional samples against the teacher at 1 NFE (DDIM) and ~64 NFE (Heun, 32 steps = 63 NFE).
 Writes ``benchmarks/results/dmd_gmm.json`` (or ``--out``)::
 
     python benchmarks/dmd_gmm.py --minutes 8 [--objective dmd2|sid] [--flip]
@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from modalities.gmm import GaussianMixture, GmmModality
 from unidistill.bench import machine
-from unidistill.objectives import DMD2, Batch, Context, ScoreIdentityDistillation, run_iteration
+from unidistill.engine import Engine, logs_to_floats
+from unidistill.objectives import DMD2, Batch, ScoreIdentityDistillation
 from unidistill.solvers import sample
 
 
@@ -51,26 +51,22 @@ def run(minutes=8.0, objective="dmd2", batch_size=256, lr=1e-4, fake_lr=2e-4, ra
     student = modality.build_student(teacher)
     cls = {"dmd2": FlippedDMD2 if flip else DMD2, "sid": ScoreIdentityDistillation}[objective]
     obj = cls(fake_updates_per_student=ratio)
-    roles = {"student": student, "teacher": teacher, **obj.build_roles(student, teacher)}
+    engine = Engine(obj, student, teacher, latent_shape=(8,), seed=seed, ema_decay=ema or None,
+                    null_condition=modality.null_condition)
     opts = {"student": torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.0, 0.99), weight_decay=0.0),
-            "fake_score": torch.optim.AdamW(roles["fake_score"].parameters(), lr=fake_lr, betas=(0.0, 0.99),
+            "fake_score": torch.optim.AdamW(engine.aux["fake_score"].parameters(), lr=fake_lr, betas=(0.0, 0.99),
                                             weight_decay=0.0)}
-    # the student EMA that DistillationModule keeps and samples with (ema_decay); 0 = sample the raw student
-    averaged = AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True) if ema else None
+    averaged = engine.ema  # the student EMA that DistillationModule keeps and samples with; None = the raw student
     gen = torch.Generator().manual_seed(seed)
     start, it, history = time.process_time(), 0, []
     while time.process_time() - start < minutes * 60:
-        ctx = Context(roles=roles, latent_shape=(8,), generator=gen, shared_generator=gen, iteration=it,
-                      null_condition=modality.null_condition)
         cond = torch.randint(0, modality.mixture.num_classes, (batch_size,), generator=gen)
         try:
-            logs = run_iteration(obj, Batch(None, cond=cond, size=batch_size), ctx, opts, grad_clip=10.0)
+            logs = logs_to_floats(engine.step(Batch(None, cond=cond, size=batch_size), it, opts, grad_clip=10.0))
         except FloatingPointError as err:
             history.append({"iteration": it, "error": str(err)})
             break
         it += 1
-        if averaged is not None and "student/loss" in logs:
-            averaged.update_parameters(student)
         if it % log_every == 0:
             m = evaluate(modality, obj.sampling_model(averaged.module if averaged else student), 1,
                          obj.student_solver, n=2048)

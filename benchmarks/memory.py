@@ -49,7 +49,7 @@ def rss_mb() -> float:
 
 class InBackward:
     """One AdamW per parameter, stepped by a post-accumulate-grad hook that then frees the gradient; ``step`` and
-    ``zero_grad`` (called by ``run_iteration``) have nothing left to do."""
+    ``zero_grad`` (called by ``Engine.step``) have nothing left to do."""
 
     def __init__(self, params: list, lr: float) -> None:
         import torch
@@ -78,7 +78,8 @@ def worker(strategy: str, repeats: int, threads: int, batch: int, in_backward: b
     from diffusers import UNet2DConditionModel
 
     from unidistill.denoiser import Adapter, Denoiser, freeze
-    from unidistill.objectives import DMD2, Batch, Context, run_iteration
+    from unidistill.engine import Engine
+    from unidistill.objectives import DMD2, Batch
     from unidistill.paths import RectifiedFlow
 
     class UNetAdapter(Adapter):
@@ -98,7 +99,8 @@ def worker(strategy: str, repeats: int, threads: int, batch: int, in_backward: b
     student = Denoiser(UNet2DConditionModel.from_config(unet.config), path, "flow", UNetAdapter())
     student.network.load_state_dict(unet.state_dict())
     objective = DMD2(guidance_scale=1.75, fake_updates_per_student=1, fake_score_memory=strategy, lora_rank=8)
-    roles = {"student": student, "teacher": teacher, **objective.build_roles(student, teacher)}
+    engine = Engine(objective, student, teacher, latent_shape=(4, 16, 16), null_condition=torch.zeros_like)
+    roles = engine.roles()
     optimizer = InBackward if in_backward else torch.optim.AdamW
     opts = {r: optimizer([p for p in roles[r].parameters() if p.requires_grad], lr=1e-5)
             for r in objective.trainable_roles}
@@ -108,9 +110,7 @@ def worker(strategy: str, repeats: int, threads: int, batch: int, in_backward: b
     times, tensor_peak, live = [], 0.0, 0
 
     def step(it: int) -> None:
-        ctx = Context(roles=roles, latent_shape=(4, 16, 16), generator=g, shared_generator=g, iteration=it,
-                      null_condition=torch.zeros_like)
-        run_iteration(objective, Batch(None, cond=cond, size=batch), ctx, opts)
+        engine.step(Batch(None, cond=cond, size=batch), it, opts)
 
     for it in range(repeats + 2):
         if it == 1:

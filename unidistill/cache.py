@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from unidistill.denoiser import GuidedDenoiser
+from unidistill.seeds import mix_seed
 from unidistill.solvers import SOLVERS, initial_latent
 
 FORMAT = "unidistill-teacher-cache"
@@ -52,11 +53,6 @@ def teacher_fingerprint(teacher: nn.Module, config: dict[str, Any] | None = None
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def _mix(*parts: int) -> int:
-    h = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
 @torch.no_grad()
@@ -162,7 +158,7 @@ def generate_cache(
         if (root / name).is_file():
             bar.update(n)
             continue
-        g = torch.Generator(device).manual_seed(_mix(seed, i))
+        g = torch.Generator(device).manual_seed(mix_seed(seed, i))
         cond = conditions(n, g) if conditions is not None else None
         noise = torch.randn((n, *latent_shape), generator=g, device=device)
         x, traj, nfe = solve_with_checkpoints(model, noise, steps, cond, solver, trajectory_times or ())

@@ -1,11 +1,10 @@
-"""DistillationModule: the only LightningModule. It builds the roles, runs an objective's update plan
-with manual optimization, keeps the EMA, samples during validation and checkpoints everything a resumed
-run needs to continue exactly (the pattern of stable-audio-tools' multi-network training wrappers)."""
+"""DistillationModule: the only LightningModule. It builds the roles into an ``Engine`` and runs the engine's step
+with Lightning's manual optimization, samples during validation and checkpoints everything a resumed run needs to
+continue exactly (the pattern of stable-audio-tools' multi-network training wrappers)."""
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 from pathlib import Path as FilePath
 from typing import Any
@@ -14,23 +13,17 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from unidistill.conditions import cat_cond
 from unidistill.data import ResumableDataLoader
 from unidistill.denoiser import GuidedDenoiser
+from unidistill.engine import Engine, LRSchedule
 from unidistill.modality import Modality
-from unidistill.objectives.base import Context, Objective, check_finite
+from unidistill.objectives.base import Context, Objective
+from unidistill.seeds import mix_seed
 from unidistill.solvers import SOLVERS, SampleResult, initial_latent, sample
 
 log = logging.getLogger(__name__)
-
-
-def _mix_seed(*parts: int) -> int:
-    seed = 0x9E3779B97F4A7C15
-    for p in parts:
-        seed = (seed * 6364136223846793005 + int(p) + 1442695040888963407) % (1 << 63)
-    return seed
 
 
 class DistillationModule(L.LightningModule):
@@ -88,7 +81,6 @@ class DistillationModule(L.LightningModule):
         self.learning_rate, self.role_learning_rates = learning_rate, dict(role_learning_rates or {})
         self.weight_decay, self.betas = weight_decay, tuple(betas)
         self.grad_clip, self.accumulate = grad_clip, accumulate_grad_batches
-        self.lr_warmup, self.lr_decay, self.lr_min_ratio = lr_warmup_iterations, lr_decay_iterations, lr_min_ratio
         self.seed = seed
         self.val_nfes = list(val_nfes if val_nfes is not None else [1, 2, 4])
         self.val_teacher_nfes = list(val_teacher_nfes or [])
@@ -100,29 +92,23 @@ class DistillationModule(L.LightningModule):
         if accumulate_grad_batches < 1:
             raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
 
+        reason = objective.unsupported_reason(tuple(modality.latent_shape), bool(modality.causal))
+        if reason:
+            raise ValueError(f"{objective.name} cannot distil the {modality.name or type(modality).__name__} "
+                             f"modality: {reason}")
+        self.schedule = LRSchedule(lr_warmup_iterations, lr_decay_iterations, lr_min_ratio)
         teacher = modality.load_teacher() if objective.needs_teacher else None
+        guided = objective.student_takes_guidance
+        student = modality.build_student(teacher, guided) if teacher is not None else modality.new_denoiser()
+        self.engine = Engine(objective, student, teacher, latent_shape=tuple(modality.latent_shape), seed=seed,
+                             ema_decay=ema_decay, null_condition=modality.null_condition, prior=self._prior)
         # The teacher is kept out of the module's registered children: never in a checkpoint, never
         # wrapped by DDP, never touched by an optimizer.
         self._teacher: list[nn.Module] = [teacher] if teacher is not None else []
-        guided = objective.student_takes_guidance
-        self.student = modality.build_student(teacher, guided) if teacher is not None else modality.new_denoiser()
-        self.aux = nn.ModuleDict(objective.build_roles(self.student, teacher))
-        unknown = [r for r in objective.trainable_roles if r != "student" and r not in self.aux]
-        if unknown:
-            raise ValueError(f"{objective.name} declares roles {unknown} but build_roles() did not create them")
-        self.ema = self._averaged(ema_decay)
-        self.target = self._averaged(objective.target_decay)
+        self.student, self.aux = self.engine.student, self.engine.aux
+        self.ema, self.target = self.engine.ema, self.engine.target
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self._val_outputs: dict[str, list[tuple[Tensor, Any, Tensor | None]]] = {}
-
-    def _averaged(self, decay: float | None) -> AveragedModel | None:
-        if decay is None:
-            return None
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"an EMA decay must be in [0, 1), got {decay}")
-        avg = AveragedModel(self.student, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-        avg.requires_grad_(False)
-        return avg
 
     # --- roles -------------------------------------------------------------------------------
     @property
@@ -146,31 +132,15 @@ class DistillationModule(L.LightningModule):
         self._sync_teacher_device()
 
     def role_module(self, role: str) -> nn.Module:
-        return self.student if role == "student" else self.aux[role]
+        return self.engine.role_module(role)
 
     def roles(self) -> dict[str, nn.Module]:
-        roles: dict[str, nn.Module] = {"student": self.student, **dict(self.aux)}
-        if self.teacher is not None:
-            roles["teacher"] = self.teacher
-        if self.target is not None:
-            roles["target"] = self.target.module
-        return roles
+        return self.engine.roles()
 
     def context(self, iteration: int) -> Context:
         rank = self.global_rank if self._trainer is not None else 0
         world_size = self.trainer.world_size if self._trainer is not None else 1
-        return Context(
-            roles=self.roles(),
-            latent_shape=tuple(self.modality.latent_shape),
-            generator=torch.Generator(self.device).manual_seed(_mix_seed(self.seed, iteration, rank)),
-            shared_generator=torch.Generator(self.device).manual_seed(_mix_seed(self.seed, iteration, -1)),
-            iteration=iteration,
-            null_condition=self.modality.null_condition,
-            prior=self._prior,
-            device=self.device,
-            rank=rank,
-            world_size=world_size,
-        )
+        return self.engine.context(iteration, self.device, rank, world_size)
 
     def _prior(self, n: int, cond: Any, generator: torch.Generator) -> Tensor:
         x = self.modality.prior(n, cond, generator)
@@ -205,25 +175,12 @@ class DistillationModule(L.LightningModule):
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        opts = []
-        for role in self.objective.trainable_roles:
-            params = [p for p in self.role_module(role).parameters() if p.requires_grad]
-            if not params:
-                raise ValueError(f"role {role!r} of {self.objective.name} has no trainable parameters")
-            lr = self.role_learning_rates.get(role, self.learning_rate)
-            opts.append(torch.optim.AdamW(params, lr=lr, betas=self.betas, weight_decay=self.weight_decay))
-            opts[-1].param_groups[0]["base_lr"] = lr
-        return opts
+        opts = self.engine.make_optimizers(self.learning_rate, self.role_learning_rates, self.betas, self.weight_decay)
+        return [opts[role] for role in self.objective.trainable_roles]
 
     def lr_factor(self, iteration: int) -> float:
         """Warm-up then cosine decay, times the objective's own factor, as a function of the iteration."""
-        factor = self.objective.lr_factor(iteration)
-        if self.lr_warmup > 0:
-            factor *= min(1.0, (iteration + 1) / self.lr_warmup)
-        if self.lr_decay:
-            progress = min(1.0, max(0, iteration - self.lr_warmup) / self.lr_decay)
-            factor *= self.lr_min_ratio + (1 - self.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        return factor
+        return self.schedule.factor(iteration) * self.objective.lr_factor(iteration)
 
     def _optimizers_by_role(self) -> dict[str, Any]:
         opts = self.optimizers()
@@ -238,40 +195,18 @@ class DistillationModule(L.LightningModule):
     def training_step(self, data: Any, batch_idx: int) -> None:
         batch = self.modality.to_batch(data)
         iteration = int(self.iteration)
-        ctx = self.context(iteration)
         opts = self._optimizers_by_role()
-        factor = self.lr_factor(iteration)
-        for opt in opts.values():
-            for group in opt.param_groups:
-                group["lr"] = group.get("base_lr", self.learning_rate) * factor
+        self.engine.set_learning_rates(opts, iteration, self.schedule)
         step_now = (batch_idx + 1) % self.accumulate == 0
-        for role in self.objective.plan(iteration):
-            out = self.objective.loss(role, batch, ctx)
-            try:
-                check_finite(self.objective, role, iteration, out)
-            except FloatingPointError:
-                self._save_last_good()
-                raise
-            self.manual_backward(out.loss / self.accumulate)
-            for name, value in out.logs.items():
-                self.log(f"train/{role}/{name}", value, prog_bar=(name == "loss"), batch_size=batch.size)
-            self.log(f"train/{role}/loss", out.loss.detach(), prog_bar=True, batch_size=batch.size)
-            if step_now:
-                opt = opts[role]
-                if self.grad_clip is not None:
-                    self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-                opt.step()
-                for o in opts.values():
-                    o.zero_grad(set_to_none=True)
-                if role == "student":
-                    self._update_averages()
+        logs = self.engine.step(
+            batch, iteration, opts, grad_clip=self.grad_clip, backward=self.manual_backward,
+            clip=lambda opt, norm: self.clip_gradients(opt, gradient_clip_val=norm, gradient_clip_algorithm="norm"),
+            accumulate=self.accumulate, apply=step_now, device=self.device,
+            rank=self.global_rank, world_size=self.trainer.world_size, on_nonfinite=self._save_last_good)
+        for name, value in logs.items():
+            self.log(f"train/{name}", value, prog_bar=name.endswith("/loss"), batch_size=batch.size)
         if step_now:
             self.iteration += 1
-
-    def _update_averages(self) -> None:
-        for avg in (self.ema, self.target):
-            if avg is not None:
-                avg.update_parameters(self.student)
 
     def _save_last_good(self) -> None:
         if self._trainer is None:
@@ -356,7 +291,7 @@ class DistillationModule(L.LightningModule):
 
     def validation_step(self, data: Any, batch_idx: int) -> None:
         batch = self.modality.to_batch(data)
-        g = torch.Generator(self.device).manual_seed(_mix_seed(self.seed, 10_000 + batch_idx, self.global_rank))
+        g = torch.Generator(self.device).manual_seed(mix_seed(self.seed, 10_000 + batch_idx, self.global_rank))
         runs = {
             f"student_nfe{n}": (lambda n=n: self.sample_student(batch.cond, batch.size, n, g)) for n in self.val_nfes
         }

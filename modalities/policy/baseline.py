@@ -21,7 +21,7 @@ class MeanRegression(Objective):
     needs_teacher = False
     student_solver = "ddim"
 
-    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
+    def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
         if batch.x0 is None:
             raise ValueError("MeanRegression needs demonstrated actions (batch.x0)")
         net = ctx.student

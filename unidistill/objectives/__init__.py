@@ -1,7 +1,7 @@
 """Distillation objectives: one module per family, pure PyTorch (no Lightning)."""
 
 from unidistill.objectives.adversarial import AdversarialDistillation
-from unidistill.objectives.base import Batch, Context, LossOutput, Objective, Unsupported, run_iteration
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective, Unsupported, make_context
 from unidistill.objectives.causal import CausVid, DiffusionForcing, SelfForcing, TeacherForcing
 from unidistill.objectives.consistency import ConsistencyDistillation, ConsistencyFunction
 from unidistill.objectives.denoising import DenoisingObjective
@@ -45,5 +45,5 @@ __all__ = [
     "build_fake_score",
     "decoupled_dmd",
     "f_divergence_weight",
-    "run_iteration",
+    "make_context",
 ]

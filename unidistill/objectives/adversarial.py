@@ -159,13 +159,9 @@ class AdversarialDistillation(Objective):
             teacher = ctx.guided_teacher(self.guidance_scale)
             return sample(teacher, ctx.noise(batch), self.synthetic_steps, batch.cond, self.synthetic_solver).x
 
-    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
+    def loss(self, update: str, batch: Batch, ctx: Context) -> LossOutput:
         with on_device(ctx.teacher, ctx.device, self.teacher_offload):
-            if role == "student":
-                return self.student_loss(batch, ctx)
-            if role == "discriminator":
-                return self.discriminator_loss(batch, ctx)
-        raise ValueError(f"{self.name} has no role {role!r}; roles: {self.trainable_roles}")
+            return super().loss(update, batch, ctx)
 
     def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
         path = ctx.teacher.path

@@ -1,21 +1,22 @@
-"""The objective contract: roles, the per-iteration update plan, and a pure-PyTorch runner.
+"""The objective contract: roles, the per-iteration update plan, and the context an update sees.
 
 An objective never touches Lightning. It declares
 
 * ``trainable_roles``: the roles that get an optimizer (always ``student``, plus e.g. ``fake_score``);
 * ``needs_teacher`` and ``target_decay`` (an EMA/stop-grad copy of the student kept by the caller);
 * ``build_roles``: auxiliary trainable networks it owns (a fake score, a discriminator head);
-* ``plan(iteration)``: which roles step, in which order, in one training iteration;
-* ``loss(role, batch, ctx)``: the loss for one role's update and named scalar logs.
+* ``plan(iteration)``: the updates of one training iteration, in order; an update is a role name, or several
+  joined by ``+`` (``"student+logvar"``) when one loss steps several roles' optimizers (one backward);
+* ``loss(update, batch, ctx)``: the loss of one update and named scalar logs; the base class dispatches
+  ``"fake_score"`` to ``fake_score_loss(batch, ctx)`` and ``"student+logvar"`` to ``student_logvar_loss``.
 
-``run_iteration`` executes a plan with plain optimizers, so an objective is testable on random tensors;
-``DistillationModule`` runs the same plan with Lightning's manual optimization.
+``unidistill.engine.Engine`` runs a plan (training, the regression harness, benchmarks and tests all go through
+it); ``DistillationModule`` wraps the engine with Lightning's manual optimization.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from unidistill.batch import Batch
 from unidistill.denoiser import GuidedDenoiser
+from unidistill.seeds import mix_seed
 
 
 def _identity(cond: Any) -> Any:
@@ -52,6 +54,12 @@ class Context:
     dtype: torch.dtype = torch.float32
     rank: int = 0
     world_size: int = 1
+    root_seed: int = 0
+
+    def seed(self, *parts: int) -> int:
+        """A seed derived from the run's root seed and ``parts`` (``unidistill.seeds.mix_seed``): for draws an
+        objective must reproduce independently of the iteration's generators (couplings, regression pairs)."""
+        return mix_seed(self.root_seed, *parts)
 
     @property
     def student(self) -> nn.Module:
@@ -98,7 +106,7 @@ class Unsupported(Exception):
     (e.g. it hooks teacher features and the modality's tiny teacher is analytic)."""
 
 
-class Objective(ABC):
+class Objective:
     """Base class; see the module docstring for the contract."""
 
     trainable_roles: tuple[str, ...] = ("student",)
@@ -123,12 +131,16 @@ class Objective(ABC):
         return {}
 
     def plan(self, iteration: int) -> list[str]:
-        """Roles to update in this iteration, in order; the same role may appear several times."""
+        """Updates of this iteration, in order (a role, or roles joined by ``+``); a role may appear several
+        times."""
         return list(self.trainable_roles)
 
-    @abstractmethod
-    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
-        """The loss of one update of ``role`` and named scalar logs."""
+    def loss(self, update: str, batch: Batch, ctx: Context) -> LossOutput:
+        """The loss of one planned update and named scalar logs: ``<role>_loss(batch, ctx)`` (``+`` -> ``_``)."""
+        fn = getattr(self, update.replace("+", "_") + "_loss", None)
+        if fn is None or any(r not in self.trainable_roles for r in update_roles(update)):
+            raise ValueError(f"{self.name} has no update {update!r}; its roles are {list(self.trainable_roles)}")
+        return fn(batch, ctx)
 
     def lr_factor(self, iteration: int) -> float:
         """A multiplier on every role's learning rate at ``iteration``, on top of the run's warm-up and decay
@@ -171,45 +183,31 @@ class Objective(ABC):
         return {cls.__name__: cls.tiny(modality)}
 
 
-def check_finite(objective: Objective, role: str, iteration: int, out: LossOutput) -> None:
+def update_roles(update: str) -> tuple[str, ...]:
+    """The roles whose optimizers one planned update steps (``"student+logvar"`` -> both)."""
+    return tuple(update.split("+"))
+
+
+def check_finite(objective: Objective, update: str, iteration: int, out: LossOutput) -> None:
     """Raise a clear error naming the objective, the loss term and the step when a loss is NaN/Inf."""
     bad = [k for k, v in {"loss": out.loss, **out.logs}.items() if not torch.isfinite(v).all()]
     if bad:
         raise FloatingPointError(
-            f"non-finite loss in objective {objective.name}, role {role!r}, term(s) {bad}, at iteration {iteration}"
+            f"non-finite loss in objective {objective.name}, update {update!r}, term(s) {bad}, at iteration "
+            f"{iteration}"
         )
 
 
-def run_iteration(
-    objective: Objective,
-    batch: Batch,
-    ctx: Context,
-    optimizers: dict[str, torch.optim.Optimizer],
-    grad_clip: float | None = None,
-    backward: Callable[[Tensor], None] | None = None,
-) -> dict[str, float]:
-    """Execute one iteration of ``objective.plan`` with plain optimizers; returns the logs.
-
-    Every optimizer's gradients are cleared before each update, so a loss that reaches another role's
-    parameters (e.g. a GAN term through the fake score) never leaks into that role's next step.
-    """
-    logs: dict[str, float] = {}
-    for role in objective.plan(ctx.iteration):
-        for opt in optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        out = objective.loss(role, batch, ctx)
-        check_finite(objective, role, ctx.iteration, out)
-        (backward or Tensor.backward)(out.loss)
-        if grad_clip is not None:
-            params = [p for g in optimizers[role].param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizers[role].step()
-        logs.update({f"{role}/{k}": float(v) for k, v in out.logs.items()})
-        logs[f"{role}/loss"] = float(out.loss.detach())
-    for opt in optimizers.values():
-        opt.zero_grad(set_to_none=True)
-    return logs
-
-
-def trainable_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
-    return (p for p in module.parameters() if p.requires_grad)
+def make_context(roles: dict[str, nn.Module], latent_shape: tuple[int, ...], *, seed: int = 0, iteration: int = 0,
+                 rank: int = 0, world_size: int = 1, null_condition: Callable[[Any], Any] = _identity,
+                 prior: Callable[[int, Any, torch.Generator], Tensor] | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Context:
+    """The context of one iteration: its per-rank generator seeded by ``(seed, iteration, rank)`` and its shared
+    generator by ``(seed, iteration, -1)`` (the same on every rank), both through ``unidistill.seeds.mix_seed``."""
+    device = torch.device(device)
+    return Context(
+        roles=roles, latent_shape=tuple(latent_shape),
+        generator=torch.Generator(device).manual_seed(mix_seed(seed, iteration, rank)),
+        shared_generator=torch.Generator(device).manual_seed(mix_seed(seed, iteration, -1)),
+        iteration=iteration, null_condition=null_condition, prior=prior, device=device, dtype=dtype, rank=rank,
+        world_size=world_size, root_seed=seed)

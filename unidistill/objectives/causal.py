@@ -111,10 +111,10 @@ class CausVid(DMD2):
             return ["student"]
         return super().plan(iteration - self.reg_iterations)
 
-    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
-        if role == "student" and ctx.iteration < self.reg_iterations:
+    def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
+        if ctx.iteration < self.reg_iterations:
             return self.ode_regression_loss(batch, ctx)
-        return super().loss(role, batch, ctx)
+        return super().student_loss(batch, ctx)
 
     def grid(self, ctx: Context) -> list[float]:
         return ctx.student.path.time_grid(self.student_steps).tolist()
@@ -232,7 +232,7 @@ class DiffusionForcing(Objective):
     def unsupported_reason(self, latent_shape: tuple[int, ...], causal: bool) -> str | None:
         return _not_causal(self.name, causal, latent_shape)
 
-    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
+    def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
         if batch.x0 is None:
             raise ValueError("DiffusionForcing trains from data (batch.x0); got a data-free batch")
         net = ctx.student

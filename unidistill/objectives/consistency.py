@@ -114,7 +114,7 @@ class ConsistencyDistillation(Objective):
         """Where the consistency map lands from ``t_hi``: data (``t = 0``) here; a phase edge in phased CMs."""
         return torch.zeros_like(t_hi)
 
-    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
+    def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
         if batch.x0 is None:
             raise ValueError(f"{self.name} needs data (batch.x0) to noise; got a data-free batch")
         student, path = ctx.student, ctx.student.path

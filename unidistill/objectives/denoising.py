@@ -63,7 +63,7 @@ class DenoisingObjective(Objective):
         self.loss_space = None if loss_space is None else check_prediction_type(loss_space)
         self.loss_time_floor = loss_time_floor
 
-    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
+    def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
         if batch.x0 is None:
             raise ValueError("DenoisingObjective needs data (batch.x0), got a data-free batch")
         net = ctx.student

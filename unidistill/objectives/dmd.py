@@ -200,13 +200,9 @@ class DMD2(Objective):
     def plan(self, iteration: int) -> list[str]:
         return ["fake_score", "student"] if iteration % self.n_fake == 0 else ["fake_score"]
 
-    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
+    def loss(self, update: str, batch: Batch, ctx: Context) -> LossOutput:
         with on_device(ctx.teacher, ctx.device, self.teacher_offload):
-            if role == "student":
-                return self.student_loss(batch, ctx)
-            if role == "fake_score":
-                return self.fake_score_loss(batch, ctx)
-        raise ValueError(f"{self.name} has no role {role!r}; roles: {self.trainable_roles}")
+            return super().loss(update, batch, ctx)
 
     # --- the two updates -------------------------------------------------------------------
     def generate(self, batch: Batch, ctx: Context, grad: bool) -> tuple[Tensor, Tensor]:
@@ -297,10 +293,8 @@ class DMD2(Objective):
     def regression_loss(self, batch: Batch, ctx: Context) -> Tensor:
         """DMD's regression on (noise, teacher ODE sample) pairs; the student maps the noise in one step."""
         student = ctx.student
-        # seeded per iteration and rank (as Reflow's coupling ids): with the iteration alone every data-parallel
-        # rank regressed on the same noise; one process (rank 0 of 1) keeps its seeds
-        seed = self.reg_seed * 1_000_003 + ctx.iteration * ctx.world_size + ctx.rank
-        g = torch.Generator(device=ctx.device).manual_seed(seed)
+        # seeded per iteration and rank: with the iteration alone every data-parallel rank regressed on the same noise
+        g = torch.Generator(device=ctx.device).manual_seed(ctx.seed(self.reg_seed, ctx.iteration, ctx.rank))
         z = torch.randn((batch.size, *ctx.latent_shape), generator=g, device=ctx.device, dtype=ctx.dtype)
         with torch.no_grad():
             y = sample(ctx.guided_teacher(self.guidance_scale), z, self.reg_steps, batch.cond, self.reg_solver).x

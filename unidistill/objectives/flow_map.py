@@ -113,7 +113,7 @@ class FlowMapDistillation(Objective):
             _, dudt = torch.func.jvp(fn, (x, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
         return v - warm * expand_like(t - r, x) * dudt
 
-    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
+    def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
         if batch.x0 is None:
             raise ValueError("FlowMapDistillation needs data (batch.x0) to noise; got a data-free batch")
         student, path = ctx.student, ctx.student.path

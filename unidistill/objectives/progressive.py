@@ -178,7 +178,7 @@ class ProgressiveDistillation(Objective):
         snr = (path.alpha(t) / path.sigma(t).clamp_min(1e-12)) ** 2
         return snr.clamp(1.0, 1e4) if self.weighting == "truncated_snr" else (snr + 1).clamp_max(1e4)
 
-    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
+    def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
         if batch.x0 is None:
             raise ValueError("ProgressiveDistillation needs data (batch.x0) to noise; got a data-free batch")
         student, path = ctx.student, ctx.student.path

@@ -14,7 +14,7 @@ Generation". A *coupling* is ``(z, x1 = ODE(z))``: unit noise ``z`` and the flow
   couplings come from the last reflowed model (the teacher if ``rounds = 0``).
 
 Couplings are generated on the fly: coupling ``i`` of stage ``r`` has noise drawn from its own seed
-``(coupling_seed, r, i)`` (``coupling_noise``), so it reproduces exactly; ``i`` is drawn from a fixed pool
+``ctx.seed(coupling_seed, r, i)`` (``coupling_noise``), so it reproduces exactly; ``i`` is drawn from a fixed pool
 of ``num_couplings`` ids (or is unique per iteration and data-parallel rank when ``num_couplings`` is
 ``None``). The condition is the batch's. Alternatively, the teacher's couplings come from a ``TeacherCache``
 (``cache``). The frozen previous-round model is the auxiliary, non-trainable role ``phase_teacher`` (checkpointed).
@@ -22,7 +22,6 @@ of ``num_couplings`` ids (or is unique per iteration and data-parallel rank when
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import torch
@@ -35,11 +34,6 @@ from unidistill.objectives.losses import distance, squared_error
 from unidistill.objectives.progressive import PhaseTeacher
 from unidistill.paths import Prediction
 from unidistill.timesteps import TimeSampler, UniformTime
-
-
-def _seed(*parts: int) -> int:
-    h = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
 class Reflow(Objective):
@@ -93,8 +87,8 @@ class Reflow(Objective):
         return torch.randint(0, self.num_couplings, (n,), generator=ctx.generator)
 
     def coupling_noise(self, ids: Tensor, stage: int, shape: tuple[int, ...], ctx: Context) -> Tensor:
-        """Unit noise of each coupling, from its own seed ``(coupling_seed, stage, id)``."""
-        rows = [torch.randn(shape, generator=torch.Generator().manual_seed(_seed(self.coupling_seed, stage, int(i))))
+        """Unit noise of each coupling, from its own seed ``ctx.seed(coupling_seed, stage, id)``."""
+        rows = [torch.randn(shape, generator=torch.Generator().manual_seed(ctx.seed(self.coupling_seed, stage, int(i))))
                 for i in ids]
         return torch.stack(rows).to(ctx.device, ctx.dtype)
 
@@ -120,7 +114,7 @@ class Reflow(Objective):
                                           self.coupling_solver)
         return noise, x1, batch.cond
 
-    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
+    def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
         student, path = ctx.student, ctx.student.path
         stage = self.stage(ctx.iteration)
         noise, x1, cond = self.couplings(batch, ctx, stage)

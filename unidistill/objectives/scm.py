@@ -18,8 +18,8 @@ or (``tangent="finite_difference"``) a central difference along the same directi
 ``[F(x + h dx/dt, t + h) - F(x - h dx/dt, t - h)] / 2h``. ``g <- g / (||g|| + c)`` per sample (plain L2
 as in the paper, or ``"rms"`` as FastGen's default). Loss per sample: ``w(t) e^{-l(t)} mean((F - F- - g)^2)
 + l(t)`` with ``w = 1 / (sigma_d tan t)`` (prior weighting) and ``l`` a tiny learned log-variance head on
-``t`` (``adaptive_weighting``), the separate trainable role ``logvar``: its update reuses the student
-update's detached per-sample distance of the same iteration (the exact gradient of the joint loss).
+``t`` (``adaptive_weighting``), the separate trainable role ``logvar``, trained by the same loss in one joint update
+(plan ``"student+logvar"``: one backward, both optimizers step).
 """
 
 from __future__ import annotations
@@ -89,7 +89,6 @@ class ContinuousConsistency(Objective):
         self.tangent_norm_c, self.tangent_norm = tangent_norm_c, tangent_norm
         self.adaptive_weighting, self.prior_weighting = adaptive_weighting, prior_weighting
         self.trainable_roles = ("student", "logvar") if adaptive_weighting else ("student",)
-        self._pending: tuple[int, Tensor, Tensor] | None = None
 
     def build_roles(self, student: nn.Module, teacher: nn.Module | None) -> dict[str, nn.Module]:
         return {"logvar": LogVarHead()} if self.adaptive_weighting else {}
@@ -124,9 +123,12 @@ class ContinuousConsistency(Objective):
         norm = per_sample(g * g, mask, "sum" if self.tangent_norm == "l2" else "mean").sqrt()
         return g / expand_like(norm + self.tangent_norm_c, g)
 
-    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
-        if role == "logvar":
-            return self._logvar_loss(ctx)
+    def plan(self, iteration: int) -> list[str]:
+        """One update: with adaptive weighting, one joint loss steps the student and the log-variance head."""
+        return ["student+logvar"] if self.adaptive_weighting else ["student"]
+
+    def distance(self, batch: Batch, ctx: Context) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Per-sample ``w(t) ||F - F- - g||^2`` (the consistency distance with its prior weight), ``t`` and logs."""
         if batch.x0 is None:
             raise ValueError("ContinuousConsistency needs data (batch.x0) to noise; got a data-free batch")
         student = ctx.student
@@ -142,19 +144,16 @@ class ContinuousConsistency(Objective):
         g = self.normalise(g, batch.mask)
         per = squared_error(F, F_minus + g, batch.mask)
         w = 1.0 / (self.sigma_data * torch.tan(t)) if self.prior_weighting else torch.ones_like(t)
-        logs = {"distance": per.mean().detach(), "tangent_warmup": torch.tensor(r)}
-        if self.adaptive_weighting:
-            with torch.no_grad():
-                logvar = ctx.roles["logvar"](t)
-            self._pending = (ctx.iteration, t.detach(), (w * per).detach())
-            return LossOutput((torch.exp(-logvar) * w * per).mean(), logs)
-        return LossOutput((w * per).mean(), logs)
+        return w * per, t, per, {"distance": per.mean().detach(), "tangent_warmup": torch.tensor(r)}
 
-    def _logvar_loss(self, ctx: Context) -> LossOutput:
-        if self._pending is None or self._pending[0] != ctx.iteration:
-            raise RuntimeError("the logvar update reuses the student update of the same iteration; "
-                               "plan() must step 'student' before 'logvar'")
-        _, t, weighted = self._pending
-        self._pending = None
+    def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
+        weighted, _, _, logs = self.distance(batch, ctx)
+        return LossOutput(weighted.mean(), logs)
+
+    def student_logvar_loss(self, batch: Batch, ctx: Context) -> LossOutput:
+        """``e^{-l(t)} w d + l(t)``: its gradient on the student is the weighted distance's, on the head the
+        log-variance fit of the (detached) distance, so one backward gives both updates exactly."""
+        weighted, t, _, logs = self.distance(batch, ctx)
         logvar = ctx.roles["logvar"](t)
-        return LossOutput((torch.exp(-logvar) * weighted + logvar).mean(), {"logvar": logvar.mean().detach()})
+        logs["logvar"] = logvar.mean().detach()
+        return LossOutput((torch.exp(-logvar) * weighted + logvar).mean(), logs)

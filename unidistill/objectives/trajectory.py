@@ -92,7 +92,7 @@ class TrajectoryRegression(Objective):
                                             times[:-1])
         return noise, batch.cond, [*traj, x]
 
-    def loss(self, role: str, batch: Batch, ctx: Context) -> LossOutput:
+    def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
         student = ctx.student
         path = student.path
         grid = path.time_grid(self.student_steps, device=ctx.device)

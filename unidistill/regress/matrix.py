@@ -31,8 +31,9 @@ from typing import Any
 
 import torch
 
+from unidistill.engine import logs_to_floats
 from unidistill.modality import Modality, available_modalities, get_modality_class
-from unidistill.objectives.base import Objective, Unsupported, run_iteration
+from unidistill.objectives.base import Objective, Unsupported, update_roles
 
 
 # --- the two registries -----------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def _build_module(make: Callable[[], tuple[Modality, Objective]], init_seed: int
     modality, objective = make()
     module = DistillationModule(modality, objective, learning_rate=1e-3, ema_decay=0.9, grad_clip=1.0, seed=0,
                                 val_nfes=[1], save_val_samples=False)
-    opts = dict(zip(objective.trainable_roles, module.configure_optimizers(), strict=True))
+    opts = module.engine.make_optimizers(module.learning_rate)
     return module, opts
 
 
@@ -157,55 +158,55 @@ def _state(module: Any) -> dict[str, torch.Tensor]:
 
 
 def _one_iteration(module: Any, opts: dict[str, Any], batch_size: int, checks: dict[str, Any] | None) -> dict:
-    """One iteration of the objective's plan through ``run_iteration``, as ``DistillationModule`` runs it
+    """One iteration of the objective's plan through ``Engine.step``, the step ``DistillationModule`` trains with
     (gradient clipping, EMA/target after a student step); with ``checks``, every backward is inspected."""
     objective, it = module.objective, int(module.iteration)
     batch = module.modality.example_batch(batch_size, torch.Generator().manual_seed(1_000 + it))
-    ctx = module.context(it)
     plan = list(objective.plan(it))
     pending = list(plan)
     trainable = {r: module.role_module(r) for r in objective.trainable_roles}
     frozen = {k: v for k, v in module.roles().items() if k in ("teacher", "target")}
 
     def backward(loss: torch.Tensor) -> None:
-        role = pending.pop(0)
+        update = pending.pop(0)
         loss.backward()
         if checks is None:
             return
-        own = [p for p in trainable[role].parameters() if p.requires_grad]
-        grads = [p.grad for p in own if p.grad is not None]
-        if not grads:
-            raise CellFailure(f"iteration {it}: the {role!r} update produced no gradient on {role!r}")
-        if not all(torch.isfinite(g).all() for g in grads):
-            raise CellFailure(f"iteration {it}: non-finite gradient on {role!r}")
-        checks["grad_norm"].setdefault(role, []).append(float(torch.norm(torch.stack([g.norm() for g in grads]))))
+        own: list[torch.nn.Parameter] = []
+        for role in update_roles(update):
+            mine = [p for p in trainable[role].parameters() if p.requires_grad]
+            grads = [p.grad for p in mine if p.grad is not None]
+            if not grads:
+                raise CellFailure(f"iteration {it}: the {update!r} update produced no gradient on {role!r}")
+            if not all(torch.isfinite(g).all() for g in grads):
+                raise CellFailure(f"iteration {it}: non-finite gradient on {role!r}")
+            checks["grad_norm"].setdefault(role, []).append(float(torch.norm(torch.stack([g.norm() for g in grads]))))
+            own += mine
+        own_ids = {id(p) for p in own}
         for other, mod in trainable.items():
-            if other == role:
+            if other in update_roles(update):
                 continue
-            own_ids = {id(p) for p in own}
             leaked = [n for n, p in mod.named_parameters()
                       if id(p) not in own_ids and p.grad is not None and bool(p.grad.abs().sum() > 0)]
             if leaked:
-                checks["leaks"].add(f"{role}->{other}")
+                checks["leaks"].add(f"{update}->{other}")
         for name, mod in frozen.items():
             bad = [n for n, p in mod.named_parameters() if p.grad is not None or p.requires_grad]
             if bad:
                 raise CellFailure(f"iteration {it}: the frozen {name} has trainable/gradient parameters {bad[:3]}")
 
-    logs = run_iteration(objective, batch, ctx, opts, grad_clip=module.grad_clip, backward=backward)
-    if "student" in plan:
-        module._update_averages()
+    logs = module.engine.step(batch, it, opts, grad_clip=module.grad_clip, backward=backward)
     module.iteration += 1
     if checks is not None:
-        checks["planned"].update(plan)
-    return logs
+        checks["planned"].update(r for update in plan for r in update_roles(update))
+    return logs_to_floats(logs)
 
 
 def run_fast_cell(cell: Cell, iterations: int = 4, batch_size: int = 8) -> dict[str, Any]:
     """Run the fast-tier checks of one ready cell; raises ``CellFailure`` (an AssertionError) naming what broke.
 
     Returns measured facts: per-iteration logs, which roles stepped, cross-role gradient leaks (a loss that
-    reaches another role's parameters; ``run_iteration`` clears them before that role's own update), seconds.
+    reaches another role's parameters; the engine clears them before that role's own update), seconds.
     """
     if cell.status != "ready" or cell.make is None:
         raise ValueError(f"cell {cell.id} is {cell.status}: {cell.reason}")
