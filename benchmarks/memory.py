@@ -79,7 +79,7 @@ def worker(strategy: str, repeats: int, threads: int, batch: int, in_backward: b
 
     from unidistill.denoiser import Adapter, Denoiser, freeze
     from unidistill.engine import Engine
-    from unidistill.objectives import DMD2, Batch
+    from unidistill.objectives import DMD2, Batch, FakeScoreOptions
     from unidistill.paths import RectifiedFlow
 
     class UNetAdapter(Adapter):
@@ -98,7 +98,8 @@ def worker(strategy: str, repeats: int, threads: int, batch: int, in_backward: b
     teacher = freeze(Denoiser(unet, path, "flow", UNetAdapter()))
     student = Denoiser(UNet2DConditionModel.from_config(unet.config), path, "flow", UNetAdapter())
     student.network.load_state_dict(unet.state_dict())
-    objective = DMD2(guidance_scale=1.75, fake_updates_per_student=1, fake_score_memory=strategy, lora_rank=8)
+    objective = DMD2(guidance_scale=1.75, fake_updates_per_student=1,
+                     fake_score=FakeScoreOptions(memory=strategy, lora_rank=8))
     engine = Engine(objective, student, teacher, latent_shape=(4, 16, 16), null_condition=torch.zeros_like)
     roles = engine.roles()
     optimizer = InBackward if in_backward else torch.optim.AdamW

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,12 +106,3 @@ def write_results(name: str, command: str, rows: Sequence[dict[str, Any]], out_d
     path = out / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
-
-
-class Stopwatch:
-    def __enter__(self) -> Stopwatch:
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.seconds = time.perf_counter() - self.start

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -26,21 +27,44 @@ DEMO_CONFIG = REPO_CONFIGS / "digits" / "consistency.yaml"
 log = logging.getLogger("unidistill")
 
 
+def parse_teacher_runs(specs: list[str]) -> list[tuple[str, int]]:
+    """``SOLVER:NFE`` strings -> ``(solver, nfe)``; an unknown solver or an NFE below 1 is an error naming it."""
+    from unidistill.solvers import SOLVERS
+
+    runs = []
+    for spec in specs:
+        solver, _, nfe = spec.partition(":")
+        if solver not in SOLVERS:
+            raise ValueError(f"teacher run {spec!r}: unknown solver {solver!r}; valid: {', '.join(sorted(SOLVERS))}")
+        if not nfe.isdigit() or int(nfe) < 1:
+            raise ValueError(f"teacher run {spec!r} must look like SOLVER:NFE with NFE >= 1, e.g. heun:64")
+        runs.append((solver, int(nfe)))
+    return runs
+
+
 def run_bench(module: DistillationModule, datamodule: L.LightningDataModule, teacher: list[str], nfes: list[int],
               samples: int | None, seeds: int, out: str | None, command: str, extra: dict | None = None,
               timing_batch: int = 256, timing_repeats: int = 9) -> list[dict]:
+    """Score the teacher runs and the student NFEs on held-out references (see ``unidistill.bench.compare``), print
+    the table and how many samples it used, and refuse a non-finite metric (after printing it)."""
+    runs = parse_teacher_runs(teacher)
+    bad = [n for n in nfes if n < 1]
+    if bad or (samples is not None and samples < 1) or seeds < 1:
+        raise ValueError(f"bench needs student NFEs >= 1 (got {nfes}), --samples >= 1 (got {samples}) and "
+                         f"--seeds >= 1 (got {seeds})")
     module.eval()
     module._sync_teacher_device()
     x, cond = reference_batch(module, datamodule, samples)
-    runs = []
-    for spec in teacher:
-        solver, _, nfe = spec.partition(":")
-        if not nfe.isdigit():
-            raise ValueError(f"teacher run {spec!r} must look like SOLVER:NFE, e.g. heun:64")
-        runs.append((solver, int(nfe)))
+    n = x.shape[0]
+    capped = f" (the validation set holds only {n}; asked for {samples})" if samples is not None and n < samples else ""
+    print(f"scoring {n} held-out samples per row{capped}, {seeds} seed(s)")
     rows = compare(module, cond, x, nfes, runs if module.teacher is not None else [], seeds=range(seeds),
                    timing_batch=timing_batch, timing_repeats=timing_repeats)
     print(format_table(rows))
+    nonfinite = [f"{r['model']} {r['solver']} {r['nfe']} NFE: {k}={v}" for r in rows for k, v in r.items()
+                 if isinstance(v, float) and not math.isfinite(v)]
+    if nonfinite:
+        raise FloatingPointError(f"non-finite metrics, nothing written: {'; '.join(nonfinite)}")
     if out:
         path = write_results(Path(out).stem, command, rows, Path(out).parent, extra)
         print(f"wrote {path}")
@@ -96,11 +120,13 @@ def export_main(argv: list[str]) -> None:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--no-ema", action="store_true", help="export the raw student instead of its EMA")
+    p.add_argument("--name", default="student", help="file stem of the weights and their card (e.g. teacher for a "
+                   "teacher recipe: teacher.safetensors + teacher.json)")
     args = p.parse_args(argv)
     module, _ = build(args.config)
     load_checkpoint(module, args.ckpt)
     student = module.ema.module if (module.ema is not None and not args.no_ema) else module.student
-    files = module.modality.export(student, args.out)
+    files = module.modality.export(student, args.out, args.name)
     print("\n".join(str(f) for f in files))
 
 

@@ -44,6 +44,11 @@ class Modality(ABC):
     #: safetensors weights of the student network to start from instead of the teacher's (a plugin sets it from
     #: its ``student_init`` argument); ``build_student`` loads it, strictly, before any guidance input is added
     student_init: str | FilePath | None = None
+    #: whether ``build_student(..., guidance_conditioned=True)`` can give the student a second scalar input (an LCM
+    #: guidance scale, a flow map's jump length); the default ``build_student`` calls the network's
+    #: ``enable_guidance_conditioning()``. Set it to ``False`` when the networks have none, so the objectives that
+    #: need one are reported as unsupported rather than failing
+    guidance_input: bool = True
 
     @property
     @abstractmethod
@@ -84,13 +89,6 @@ class Modality(ABC):
         if self.student_init is not None:
             load_safetensors(network, self.student_init, "student initialisation",
                              "the student must have the teacher's architecture and config", card=card or {})
-
-    @property
-    def guidance_input(self) -> bool:
-        """Whether ``build_student(..., guidance_conditioned=True)`` can give the student a second scalar input
-        (an LCM guidance scale, a flow map's jump length). Default: the network offers
-        ``enable_guidance_conditioning()``."""
-        return callable(getattr(self.new_denoiser().network, "enable_guidance_conditioning", None))
 
     def to_batch(self, data: Any) -> Batch:
         """Turn what the dataloader yields into a latent ``Batch`` (encoding data if needed)."""
@@ -153,18 +151,19 @@ class Modality(ABC):
             files += self.save_samples(x, cond, out / f"{i:02d}_{safe}")
         return files
 
-    def export(self, student: Denoiser, out_dir: str | FilePath) -> list[FilePath]:
-        """Write the trained student for use outside unidistill; default: safetensors plus a JSON card."""
+    def export(self, student: Denoiser, out_dir: str | FilePath, name: str = "student") -> list[FilePath]:
+        """Write the trained network for use outside unidistill; default: ``<name>.safetensors`` plus its weights
+        card ``<name>.json`` (modality, network, path, prediction, latent shape), which loaders check."""
         import json
 
         from safetensors.torch import save_file
 
         out = FilePath(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        weights = out / "student.safetensors"
+        weights = out / f"{name}.safetensors"
         state = {k: v.detach().cpu().contiguous() for k, v in student.network.state_dict().items()}
         save_file(state, str(weights))
-        card = out / "student.json"
+        card = out / f"{name}.json"
         card.write_text(json.dumps({
             "modality": self.name, "network": type(student.network).__name__, "path": repr(student.path),
             "prediction": student.prediction, "latent_shape": list(self.latent_shape),

@@ -48,6 +48,10 @@ class DistillationModule(L.LightningModule):
         teacher_solver: solver for teacher sampling.
         save_val_samples: write each validation's samples through the modality's ``save_samples``
             (PNG grids, audio, point clouds, ...) under ``<log_dir>/samples/step_<n>/``.
+        max_iterations: stop training after this many iterations (objective plans). Lightning's
+            ``trainer.max_steps`` counts every optimizer step instead: a DMD2 iteration with 2 fake-score updates
+            and a student update is 3 of them, so ``max_steps: 1500`` is 500 student updates there. With both set,
+            the first reached ends the run.
         shard_teacher: under Lightning's ``ModelParallelStrategy`` (FSDP2), also ``fully_shard`` the frozen
             teacher's network across the data-parallel mesh (less memory per rank, an all-gather per teacher
             call); by default every rank holds a full replica. The trainable roles are always sharded.
@@ -74,6 +78,7 @@ class DistillationModule(L.LightningModule):
         teacher_solver: str = "heun",
         save_val_samples: bool = True,
         shard_teacher: bool = False,
+        max_iterations: int | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -87,6 +92,9 @@ class DistillationModule(L.LightningModule):
         self.teacher_guidance, self.teacher_solver = teacher_guidance, teacher_solver
         self.save_val_samples = save_val_samples
         self.shard_teacher = shard_teacher
+        if max_iterations is not None and max_iterations < 1:
+            raise ValueError(f"max_iterations must be >= 1 (or null), got {max_iterations}")
+        self.max_iterations = max_iterations
         if teacher_solver not in SOLVERS:
             raise ValueError(f"unknown teacher_solver {teacher_solver!r}; valid: {', '.join(SOLVERS)}")
         if accumulate_grad_batches < 1:
@@ -207,6 +215,8 @@ class DistillationModule(L.LightningModule):
             self.log(f"train/{name}", value, prog_bar=name.endswith("/loss"), batch_size=batch.size)
         if step_now:
             self.iteration += 1
+            if self.max_iterations is not None and iteration + 1 >= self.max_iterations:
+                self.trainer.should_stop = True
 
     def _save_last_good(self) -> None:
         if self._trainer is None:

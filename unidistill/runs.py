@@ -48,6 +48,14 @@ class UnidistillCLI(LightningCLI):
             **kwargs,
         )
 
+    def after_fit(self) -> None:
+        """Print the last validation metrics of the run (they are also in the logger's files, e.g. metrics.csv)."""
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+        if metrics and self.trainer.is_global_zero:
+            width = max(len(k) for k in metrics)
+            lines = [f"  {k:<{width}}  {v:.6g}" for k, v in sorted(metrics.items())]
+            print(f"last validation (iteration {int(self.model.iteration)}):\n" + "\n".join(lines), flush=True)
+
 
 def check_config_files(argv: list[str]) -> None:
     """Fail early, naming the file and the position, when a ``--config`` file is missing or not valid YAML."""

@@ -21,8 +21,6 @@ from unidistill.modality import Modality
 from unidistill.paths import PATHS, Path, check_prediction_type
 from unidistill.weights import load_safetensors
 
-load_weights = load_safetensors  # the name this plugin has always exported
-
 
 class GmmModality(Modality):
     """Vector latents ``[B, dim]``; conditions are class labels ``[B]`` (``-1`` = null)."""
@@ -68,7 +66,7 @@ class GmmModality(Modality):
         if self.teacher_source == "analytic":
             return freeze(Denoiser(AnalyticDenoiserNet(self.mixture, self.path), self.path, "x0"))
         den = self.new_denoiser()
-        load_weights(den.network, self.teacher_source, "teacher")
+        load_safetensors(den.network, self.teacher_source, "teacher")
         return freeze(den)
 
     def build_student(self, teacher: Denoiser, guidance_conditioned: bool = False) -> Denoiser:

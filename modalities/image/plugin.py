@@ -285,7 +285,8 @@ class ImageModality(Modality):
         out.mkdir(parents=True, exist_ok=True)
         return [save_grid(images, out / "comparison.png", captions, columns=n)]
 
-    def export(self, student: Denoiser, out_dir: str | FilePath) -> list[FilePath]:
+    def export(self, student: Denoiser, out_dir: str | FilePath, name: str = "student") -> list[FilePath]:
+        """A diffusers pipeline folder (or a LoRA file); its layout is diffusers', so ``name`` is not used."""
         from modalities.image.export import export_student
 
         return export_student(self, student, out_dir)

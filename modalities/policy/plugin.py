@@ -64,6 +64,7 @@ class PolicyModality(Modality):
     """
 
     name = "policy"
+    guidance_input = False  # the policy networks take no second scalar input
     regression_metric = ("action_mse", True)
 
     def __init__(self, obs_dim: int, action_dim: int, horizon: int = 16, n_obs_steps: int = 2,
@@ -195,8 +196,8 @@ class PolicyModality(Modality):
         return {"action_mse": float(((samples - reference) ** 2).mean()),
                 "sliced_wasserstein": sliced_wasserstein(samples.flatten(1), reference.flatten(1))}
 
-    def export(self, student: Denoiser, out_dir: str | FilePath) -> list[FilePath]:
-        files = super().export(student, out_dir)
+    def export(self, student: Denoiser, out_dir: str | FilePath, name: str = "student") -> list[FilePath]:
+        files = super().export(student, out_dir, name)
         card = files[1]
         info = json.loads(card.read_text())
         info |= {"obs_dim": self.obs_dim, "action_dim": self.action_dim, "horizon": self.horizon,

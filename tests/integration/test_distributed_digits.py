@@ -134,7 +134,7 @@ def test_ranks_draw_distinct_reflow_couplings_and_dmd_regression_noise(monkeypat
     """Per-sample seeds derived from the iteration carry the rank too: two DDP ranks used to regress on the same
     noise (Reflow's on-the-fly coupling ids, DMD2's regression pairs), only their conditions differed. One
     process keeps exactly the seeds it had."""
-    from unidistill.objectives import DMD2, Reflow
+    from unidistill.objectives import DMD2, Reflow, RegressionOptions
     from unidistill.objectives import dmd as dmd_module
     from unidistill.objectives.base import Batch, Context, make_context
     from unidistill.seeds import mix_seed
@@ -158,7 +158,7 @@ def test_ranks_draw_distinct_reflow_couplings_and_dmd_regression_noise(monkeypat
     noise = []
     for rank, world in ((0, 1), (0, 2), (1, 2)):
         with pytest.raises(Drawn) as drawn:
-            DMD2(regression_weight=0.25).regression_loss(Batch(x0=torch.zeros(4, 2)), ctx(rank, world))
+            DMD2(regression=RegressionOptions()).regression_loss(Batch(x0=torch.zeros(4, 2)), ctx(rank, world))
         noise.append(drawn.value.args[0])
     # run seed 0, regression_seed 0, iteration 3, rank 0
     one = torch.randn((4, 2), generator=torch.Generator().manual_seed(mix_seed(0, 0, 3, 0)))

@@ -16,8 +16,8 @@ def _args(tmp_path, root):
         "--model.modality.init_args.hidden=32", "--model.modality.init_args.depth=1",
         "--model.modality.init_args.student_init=null",  # the shipped weights are 256 x 4
         "--model.objective.init_args.fake_updates_per_student=2",
-        "--model.objective.init_args.gan_generator_weight=3e-3",
-        "--model.objective.init_args.head_hidden=16",
+        "--model.objective.init_args.gan.generator_weight=3e-3",
+        "--model.objective.init_args.gan.hidden=16",
         "--data.init_args.train_size=320", "--data.init_args.val_size=64", "--data.init_args.batch_size=32",
         "--data.init_args.val_batch_size=64",
         "--trainer.val_check_interval=1000", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
@@ -63,3 +63,9 @@ def test_dmd2_gan_checkpoint_holds_all_roles_and_resumes_exactly(tmp_path):
     for key in ("student.network.inp.weight", "aux.fake_score.denoiser.network.inp.weight",
                 "aux.fake_score.head.net.1.weight"):
         assert not torch.equal(c[key], b[key]), f"{key} did not change after the checkpoint"
+
+
+def test_max_iterations_counts_objective_plans_not_optimizer_steps(tmp_path):
+    """4 iterations with 2 fake-score updates per student update are 2 + 1 + 2 + 1 = 6 optimizer steps."""
+    cli = _fit([*_args(tmp_path, "iters"), "--model.max_iterations=4"], 1000)
+    assert int(cli.model.iteration) == 4 and cli.trainer.global_step == 6

@@ -117,3 +117,34 @@ def test_v_prediction_on_a_non_unit_variance_path():
     VPCosine().to_prediction(torch.zeros(2, 3), torch.zeros(2, 3), torch.full((2,), 0.5), "v")
     with pytest.raises(ValueError, match="unknown prediction type 'score'"):
         VPCosine().to_prediction(torch.zeros(2, 3), torch.zeros(2, 3), torch.full((2,), 0.5), "score")
+
+
+def test_a_causal_objective_on_a_non_causal_modality_is_refused_at_construction():
+    from unidistill.module import DistillationModule
+    from unidistill.objectives import SelfForcing
+
+    with pytest.raises(ValueError, match=r"SelfForcing cannot distil the gmm modality: .*causal modality"):
+        DistillationModule(GmmModality(hidden=8, depth=1), SelfForcing(student_steps=2))
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--teacher", "ddim:0"], "NFE >= 1"),
+    (["--teacher", "rk45:4"], "unknown solver 'rk45'.*ddim"),
+    (["--samples", "0"], "--samples >= 1"),
+    (["--seeds", "0"], "--seeds >= 1"),
+    (["--nfes", "0"], "student NFEs >= 1"),
+])
+def test_bench_refuses_bad_arguments_before_running(extra, message):
+    with pytest.raises(ValueError, match=message):
+        main(["bench", "--config", "configs/gmm/consistency.yaml", *extra])
+
+
+def test_bench_prints_how_many_samples_it_scored_and_refuses_a_nan_metric(monkeypatch, capsys):
+    main(["bench", "--config", "configs/gmm/regression.yaml", "--teacher", "ddim:1", "--nfes", "1", "--samples",
+          "100000", "--seeds", "1"])
+    out = capsys.readouterr().out
+    assert "scoring 8192 held-out samples per row (the validation set holds only 8192; asked for 100000)" in out
+    monkeypatch.setattr(GmmModality, "metrics", lambda self, s, c, r: {"sliced_wasserstein": float("nan")})
+    with pytest.raises(FloatingPointError, match="non-finite metrics.*sliced_wasserstein=nan"):
+        main(["bench", "--config", "configs/gmm/regression.yaml", "--teacher", "ddim:1", "--nfes", "1", "--samples",
+              "64", "--seeds", "1"])

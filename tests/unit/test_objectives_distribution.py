@@ -15,7 +15,11 @@ from unidistill.objectives import (
     DMD2,
     AdversarialDistillation,
     Batch,
+    DecoupledOptions,
+    FakeScoreOptions,
     FeatureHead,
+    GanOptions,
+    RegressionOptions,
     ScoreIdentityDistillation,
     f_divergence_weight,
     make_context,
@@ -84,10 +88,11 @@ def changed(before, module, skip=lambda k: False):
 
 OBJECTIVES = {
     "dmd2": lambda: DMD2(guidance_scale=2.0, fake_updates_per_student=2, student_steps=2),
-    "dmd2_gan_reg": lambda: DMD2(guidance_scale=1.5, gan_generator_weight=1e-2, regression_weight=0.25,
-                                 regression_steps=2),
-    "dmd2_lora_js": lambda: DMD2(fake_score_memory="lora", lora_rank=2, f_divergence="js"),
-    "decoupled": lambda: DMD2(guidance_scale=3.0, decoupled=True, ca_weight=0.5),
+    "dmd2_gan_reg": lambda: DMD2(guidance_scale=1.5, gan=GanOptions(generator_weight=1e-2),
+                                 regression=RegressionOptions(weight=0.25, steps=2)),
+    "dmd2_lora_js": lambda: DMD2(fake_score=FakeScoreOptions(memory="lora", lora_rank=2), f_divergence="js",
+                                 gan=GanOptions(generator_weight=0.0)),
+    "decoupled": lambda: DMD2(guidance_scale=3.0, decoupled=DecoupledOptions(ca_weight=0.5)),
     "sid": lambda: ScoreIdentityDistillation(guidance_scale=2.0, student_steps=2),
     "adversarial": lambda: AdversarialDistillation(feature_layers=["blocks.0", "blocks.1"], distill_weight=2.5,
                                                    guidance_scale=2.0, student_steps=2),
@@ -218,7 +223,7 @@ def test_dmd_gradient_matches_analytic_expression(shape):
 def test_decoupled_without_guidance_equals_plain_dmd():
     shape = (3, 8, 8)
     losses = []
-    for kw in ({}, {"decoupled": True}):
+    for kw in ({}, {"decoupled": DecoupledOptions()}):
         objective = DMD2(guidance_scale=1.0, **kw)
         roles, _, batch, engine = setup(objective, shape)
         losses.append(objective.student_loss(batch, ctx_for(roles, shape)).loss)
@@ -238,7 +243,7 @@ def test_f_divergence_weights():
 # --- memory strategies -----------------------------------------------------------------------------------
 def test_lora_fake_score_disabled_reproduces_teacher_exactly():
     shape = (4, 2, 6, 6)
-    objective = DMD2(fake_score_memory="lora", lora_rank=4)
+    objective = DMD2(fake_score=FakeScoreOptions(memory="lora", lora_rank=4))
     original = copy.deepcopy(make(shape)[0])
     roles, opts, batch, engine = setup(objective, shape)
     fake, teacher = roles["fake_score"], roles["teacher"]
@@ -337,7 +342,7 @@ def test_feature_head_pooling_logits_is_a_patch_discriminator():
 
 def test_vp_v_teacher_and_data_free_dmd():
     shape = (8,)
-    objective = DMD2(guidance_scale=2.0, fake_prediction="x0")
+    objective = DMD2(guidance_scale=2.0, fake_score=FakeScoreOptions(prediction="x0"))
     _, opts, _, engine = setup(objective, shape, with_data=False, path=VPCosine(), prediction="v")
     logs = engine.step(Batch(None, cond=torch.tensor([0, 1, 2, -1]), size=B), 0, opts)
     assert all(torch.isfinite(v) for v in logs.values())

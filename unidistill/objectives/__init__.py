@@ -5,7 +5,15 @@ from unidistill.objectives.base import Batch, Context, LossOutput, Objective, Un
 from unidistill.objectives.causal import CausVid, DiffusionForcing, SelfForcing, TeacherForcing
 from unidistill.objectives.consistency import ConsistencyDistillation, ConsistencyFunction
 from unidistill.objectives.denoising import DenoisingObjective
-from unidistill.objectives.dmd import DMD2, decoupled_dmd, f_divergence_weight
+from unidistill.objectives.dmd import (
+    DMD2,
+    DecoupledOptions,
+    FakeScoreOptions,
+    GanOptions,
+    RegressionOptions,
+    decoupled_dmd,
+    f_divergence_weight,
+)
 from unidistill.objectives.fake_score import FakeScore, FeatureHead, build_fake_score
 from unidistill.objectives.flow_map import FlowMapDistillation, FlowMapModel
 from unidistill.objectives.phased import PhasedConsistencyDistillation
@@ -24,6 +32,10 @@ __all__ = [
     "Context",
     "ContinuousConsistency",
     "DMD2",
+    "DecoupledOptions",
+    "FakeScoreOptions",
+    "GanOptions",
+    "RegressionOptions",
     "DenoisingObjective",
     "DiffusionForcing",
     "FakeScore",

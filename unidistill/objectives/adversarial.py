@@ -28,7 +28,6 @@ import re
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unidistill.objectives.base import Batch, Context, LossOutput, Objective, Unsupported
@@ -43,7 +42,7 @@ from unidistill.objectives.fake_score import (
     network_of,
     on_device,
 )
-from unidistill.objectives.losses import per_sample
+from unidistill.objectives.losses import hinge_discriminator, hinge_generator, per_sample
 from unidistill.paths import expand_like
 from unidistill.solvers import sample
 from unidistill.timesteps import LogitNormalTime, TimeSampler, UniformTime
@@ -170,7 +169,7 @@ class AdversarialDistillation(Objective):
         x_t = path.add_noise(x, ctx.randn(x.shape), t)  # graph to the student kept: gradient via teacher features
         with frozen_params(ctx.roles["discriminator"]):
             logits, _ = self.logits(x_t, t, batch.cond, ctx)
-        adv = -logits.mean()
+        adv = hinge_generator(logits)
         loss, logs = adv, {"adversarial": adv.detach()}
         if self.distill_weight > 0:
             td = self.distill_time(path, batch.size, ctx.generator).to(x)
@@ -197,5 +196,5 @@ class AdversarialDistillation(Objective):
             f_real = {k: v.detach() for k, v in feats.items()}
         disc = ctx.roles["discriminator"]
         l_fake, l_real = disc(f_fake), disc(f_real)
-        loss = F.relu(1 - l_real).mean() + F.relu(1 + l_fake).mean()
+        loss = hinge_discriminator(l_real, l_fake)
         return LossOutput(loss, {"hinge": loss.detach(), "logit_gap": (l_real.mean() - l_fake.mean()).detach()})

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from unidistill.cache import TeacherCache
 from unidistill.causal import causal_network
 from unidistill.objectives.base import Batch, Context, LossOutput, Objective
-from unidistill.objectives.dmd import DMD2
+from unidistill.objectives.dmd import DMD2, FakeScoreOptions
 from unidistill.objectives.losses import squared_error
 from unidistill.objectives.rollout import ChunkRollout, rollout
 from unidistill.objectives.trajectory import TrajectoryRegression
@@ -65,7 +65,7 @@ class CausVid(DMD2):
         cache: a ``TeacherCache`` of pairs whose trajectory times are the student grid (then no teacher solve).
         context_time: noise level of context frames written to the cache at sampling time (0 = clean).
         fake_score_causal: run the fake score block-causally (default bidirectional; see the module docstring).
-        guidance_scale, fake_updates_per_student, dm_time, fake_time, fake_prediction: as in ``DMD2``.
+        guidance_scale, fake_updates_per_student, dm_time, fake_score: as in ``DMD2``.
     """
 
     student_solver = "causal"
@@ -77,11 +77,9 @@ class CausVid(DMD2):
     def __init__(self, student_steps: int = 4, regression_iterations: int = 0, regression_teacher_steps: int = 16,
                  regression_solver: str = "heun", cache: TeacherCache | None = None, context_time: float = 0.0,
                  fake_score_causal: bool = False, guidance_scale: float = 1.0, fake_updates_per_student: int = 5,
-                 dm_time: TimeSampler | None = None, fake_time: TimeSampler | None = None,
-                 fake_prediction: str = "native") -> None:
+                 dm_time: TimeSampler | None = None, fake_score: FakeScoreOptions | None = None) -> None:
         super().__init__(guidance_scale=guidance_scale, fake_updates_per_student=fake_updates_per_student,
-                         dm_time=dm_time, fake_time=fake_time, fake_prediction=fake_prediction,
-                         student_steps=student_steps)
+                         dm_time=dm_time, fake_score=fake_score, student_steps=student_steps)
         if regression_iterations < 0 or not 0.0 <= context_time < 1.0:
             raise ValueError(f"need regression_iterations >= 0 and context_time in [0, 1), got "
                              f"{regression_iterations}, {context_time}")
@@ -165,10 +163,12 @@ class SelfForcing(CausVid):
                  regression_teacher_steps: int = 16, regression_solver: str = "heun",
                  cache: TeacherCache | None = None, context_time: float = 0.0, fake_score_causal: bool = False,
                  guidance_scale: float = 1.0, fake_updates_per_student: int = 5, dm_time: TimeSampler | None = None,
-                 fake_time: TimeSampler | None = None, fake_prediction: str = "native") -> None:
-        super().__init__(student_steps, regression_iterations, regression_teacher_steps, regression_solver, cache,
-                         context_time, fake_score_causal, guidance_scale, fake_updates_per_student, dm_time,
-                         fake_time, fake_prediction)
+                 fake_score: FakeScoreOptions | None = None) -> None:
+        super().__init__(student_steps=student_steps, regression_iterations=regression_iterations,
+                         regression_teacher_steps=regression_teacher_steps, regression_solver=regression_solver,
+                         cache=cache, context_time=context_time, fake_score_causal=fake_score_causal,
+                         guidance_scale=guidance_scale, fake_updates_per_student=fake_updates_per_student,
+                         dm_time=dm_time, fake_score=fake_score)
         self.last_step_only = last_step_only
 
     def exit_step(self, ctx: Context) -> int:

@@ -22,16 +22,23 @@ ImageNet/SDXL, 10 on SD1.5).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unidistill.denoiser import combine_guidance
 from unidistill.objectives.base import Batch, Context, LossOutput, Objective
 from unidistill.objectives.fake_score import FakeScore, build_fake_score, frozen_params, on_device
-from unidistill.objectives.losses import per_sample, squared_error
+from unidistill.objectives.losses import (
+    gradient_surrogate,
+    mean_abs_normaliser,
+    per_sample,
+    softplus_discriminator,
+    softplus_generator,
+    squared_error,
+)
 from unidistill.paths import Prediction, expand_like
 from unidistill.solvers import initial_latent, sample
 from unidistill.timesteps import TimeSampler, UniformTime
@@ -59,17 +66,6 @@ def f_divergence_weight(logits: Tensor, kind: str) -> Tensor:
     return h / (h.mean() + 1e-6)
 
 
-def normaliser(x: Tensor, mu: Tensor, mask: Tensor | None, eps: float = 1e-6) -> Tensor:
-    """DMD's per-sample ``N = mean_elems |x - mu|`` broadcast against ``x`` (detached)."""
-    return expand_like(per_sample((x - mu).abs().detach(), mask) + eps, x)
-
-
-def surrogate(x: Tensor, g: Tensor, mask: Tensor | None) -> Tensor:
-    """``0.5 * mean_b mean_elems (x - sg(x - g))^2``, whose gradient on ``x`` is ``g / (B D)``."""
-    target = (x - g).detach()
-    return 0.5 * per_sample((x - target) ** 2, mask, "mean").mean()
-
-
 def student_sample(student: nn.Module, batch: Batch, ctx: Context, steps: int, grad: bool) -> tuple[Tensor, Tensor]:
     """The student's clean prediction ``x`` and the time of the step that made it.
 
@@ -95,28 +91,76 @@ def _full(t: float, x: Tensor) -> Tensor:
     return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
 
 
+@dataclass
+class FakeScoreOptions:
+    """How the fake score ("critic") is built and trained.
+
+    ``init``: ``auto`` (the teacher when it has parameters, else the student), ``teacher`` or ``student``;
+    ``memory``: ``full`` (a trainable copy) or ``lora`` (peft adapters on the frozen teacher, rank ``lora_rank``);
+    ``time``: the denoising loss's time sampler (default ``UniformTime(1e-3, 1)``); ``prediction``: the loss's
+    space, ``native`` (the network's own output type) or ``x0``/``eps``/``flow``/``v``."""
+
+    init: str = "auto"
+    memory: str = "full"
+    lora_rank: int = 8
+    lora_alpha: float | None = None
+    lora_targets: list[str] | str | None = None
+    time: TimeSampler | None = None
+    prediction: str = "native"
+
+
+@dataclass
+class GanOptions:
+    """DMD2's diffusion GAN: a classifier head on the fake score's features at ``feature_layer`` (default the
+    bottleneck: ``mid_block`` or the middle block), both sides noised at ``time``, non-saturating softplus losses.
+    ``generator_weight`` (DMD2: 3e-3 ImageNet-64, 1e-3 SD1.5, 5e-3 SDXL; 0 = head trained but no generator term) and
+    ``discriminator_weight`` (1e-2). The discriminator needs real data ``batch.x0``. The head also gives the
+    f-divergence weights (``DMD2.f_divergence``)."""
+
+    generator_weight: float = 3e-3
+    discriminator_weight: float = 1e-2
+    time: TimeSampler | None = None
+    feature_layer: str | None = None
+    feature_channels: int | None = None
+    channel_axis: int = 1
+    hidden: int = 256
+
+
+@dataclass
+class RegressionOptions:
+    """DMD's regression term: the student's one-step map from noise ``z`` regressed (per-sample MSE; DMD used LPIPS,
+    weight 0.25) on the (guided) teacher's ODE sample from ``z``, solved on the fly with ``solver``/``steps``, noise
+    seeded by ``(run seed, seed, iteration, rank)``."""
+
+    weight: float = 0.25
+    solver: str = "heun"
+    steps: int = 32
+    seed: int = 0
+
+
+@dataclass
+class DecoupledOptions:
+    """Decoupled DMD: ``g = dm_weight g_DM + ca_weight g_CA`` (see ``DMD2.dm_direction``); ``ca_time`` draws the CA
+    term's time as a fraction of the student's input time (default ``UniformTime(0.02, 1)``)."""
+
+    dm_weight: float = 1.0
+    ca_weight: float = 1.0
+    ca_time: TimeSampler | None = None
+
+
 class DMD2(Objective):
     """DMD2 (see the module docstring). Options, with the papers' defaults:
 
     * ``guidance_scale`` — real-score CFG ``w`` (``u + w(c - u)``).
     * ``fake_updates_per_student`` — two time-scale update rule ``n`` (default 5).
-    * ``fake_score_init`` ``auto|teacher|student``; ``fake_score_memory`` ``full|lora``; ``teacher_offload``.
-    * ``gan_generator_weight`` (DMD2: 3e-3 ImageNet-64, 1e-3 SD1.5, 5e-3 SDXL; 0 = off) and
-      ``gan_discriminator_weight`` (1e-2): non-saturating softplus GAN with a head on the fake score's
-      features at ``feature_layer`` (default: ``mid_block`` / middle block), both sides noised at
-      ``gan_time`` (DMD2's diffusion GAN). Needs real data ``batch.x0`` for the discriminator.
-    * ``regression_weight`` (DMD: 0.25 with LPIPS; here the per-sample MSE) on (noise, teacher ODE sample)
-      pairs computed on the fly with ``regression_solver``/``regression_steps``, deterministic from
-      ``regression_seed``, the iteration and the rank; applied to the student's one-step map from pure noise.
-    * ``student_steps`` — multi-step student trained with backward simulation.
-    * ``decoupled`` — Decoupled DMD: ``g = dm_weight g_DM + ca_weight g_CA`` with
-      ``g_DM = (mu_c^fake - mu_c^real)(x_t) / N_DM`` (conditional, unguided teacher; ``N_DM`` from ``mu_c^real``) and
-      ``g_CA = (w - 1)(mu_u^real - mu_c^real)(x_tau) / N_CA`` (``N_CA`` from the guided ``mu^cfg(x_tau)``),
-      where ``tau`` is drawn by ``ca_time`` as a fraction of the student's input time (cleaner than it).
-    * ``f_divergence`` — f-distill weight ``h(r)`` (``reverse_kl`` = plain DMD, ``forward_kl``, ``js``, ...);
-      anything but ``reverse_kl`` needs the head (trained by the discriminator loss).
-    * ``fake_prediction`` — space of the fake-score denoising loss: ``native`` (the network's own output
-      type; e.g. flow-MSE for a flow network as CausVid/Self-Forcing) or ``x0``/``eps``/``flow``/``v``.
+    * ``student_steps`` — a multi-step student trained with backward simulation.
+    * ``dm_time`` — the time of the distribution-matching noise (default ``UniformTime(0.02, 0.98)``).
+    * ``fake_score`` (``FakeScoreOptions``), ``gan`` (``GanOptions``; ``None`` = no head),
+      ``regression`` (``RegressionOptions``; ``None`` = off), ``decoupled`` (``DecoupledOptions``; ``None`` =
+      plain DMD).
+    * ``f_divergence`` — f-distill weight ``h(r)`` (``reverse_kl`` = plain DMD, ``forward_kl``, ``js``, ...); any
+      other than ``reverse_kl`` needs the ``gan`` head (its logits estimate the density ratio).
+    * ``teacher_offload`` — keep the teacher on the CPU between calls.
     """
 
     trainable_roles = ("student", "fake_score")
@@ -124,7 +168,7 @@ class DMD2(Objective):
 
     @classmethod
     def tiny(cls, modality: Any) -> DMD2:
-        return cls(fake_updates_per_student=2, head_hidden=16, regression_steps=4)
+        return cls(fake_updates_per_student=2)
 
     @classmethod
     def tiny_variants(cls, modality: Any) -> dict[str, DMD2]:
@@ -132,69 +176,48 @@ class DMD2(Objective):
             return super().tiny_variants(modality)
         return {
             "DMD2": cls.tiny(modality),
-            "DMD2[decoupled]": cls(decoupled=True, guidance_scale=1.5, fake_updates_per_student=2),
-            "DMD2[js+gan+regression]": cls(f_divergence="js", gan_generator_weight=3e-3, regression_weight=0.25,
-                                           regression_steps=4, fake_updates_per_student=2, head_hidden=16),
+            "DMD2[decoupled]": cls(decoupled=DecoupledOptions(), guidance_scale=1.5, fake_updates_per_student=2),
+            "DMD2[js+gan+regression]": cls(f_divergence="js", gan=GanOptions(hidden=16),
+                                           regression=RegressionOptions(steps=4), fake_updates_per_student=2),
         }
 
     def __init__(
         self,
         guidance_scale: float = 1.0,
         fake_updates_per_student: int = 5,
-        fake_score_init: str = "auto",
-        fake_score_memory: str = "full",
-        lora_rank: int = 8,
-        lora_alpha: float | None = None,
-        lora_targets: list[str] | str | None = None,
-        teacher_offload: bool = False,
-        dm_time: TimeSampler | None = None,
-        fake_time: TimeSampler | None = None,
-        fake_prediction: str = "native",
         student_steps: int = 1,
-        gan_generator_weight: float = 0.0,
-        gan_discriminator_weight: float = 1e-2,
-        gan_time: TimeSampler | None = None,
-        feature_layer: str | None = None,
-        feature_channels: int | None = None,
-        feature_channel_axis: int = 1,
-        head_hidden: int = 256,
-        regression_weight: float = 0.0,
-        regression_solver: str = "heun",
-        regression_steps: int = 32,
-        regression_seed: int = 0,
-        decoupled: bool = False,
-        dm_weight: float = 1.0,
-        ca_weight: float = 1.0,
-        ca_time: TimeSampler | None = None,
+        dm_time: TimeSampler | None = None,
+        fake_score: FakeScoreOptions | None = None,
+        gan: GanOptions | None = None,
+        regression: RegressionOptions | None = None,
+        decoupled: DecoupledOptions | None = None,
         f_divergence: str = "reverse_kl",
+        teacher_offload: bool = False,
     ) -> None:
         if fake_updates_per_student < 1 or student_steps < 1:
             raise ValueError("fake_updates_per_student and student_steps must be >= 1, got "
                              f"{fake_updates_per_student}, {student_steps}")
         if f_divergence not in F_DIVERGENCES:
             raise ValueError(f"unknown f_divergence {f_divergence!r}; valid: {', '.join(F_DIVERGENCES)}")
-        self.guidance_scale, self.n_fake = guidance_scale, fake_updates_per_student
-        self.fake_score_init, self.fake_score_memory = fake_score_init, fake_score_memory
-        self.teacher_offload = teacher_offload
-        self.lora = {"lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_targets": lora_targets}
+        if f_divergence != "reverse_kl" and gan is None:
+            raise ValueError(f"f_divergence={f_divergence!r} estimates the density ratio with the GAN head's logits; "
+                             "set gan (e.g. gan: {generator_weight: 0.0}) or use f_divergence='reverse_kl'")
+        self.guidance_scale, self.n_fake, self.student_steps = guidance_scale, fake_updates_per_student, student_steps
         self.dm_time = dm_time or UniformTime(0.02, 0.98)
-        self.fake_time = fake_time or UniformTime(1e-3, 1.0)
-        self.fake_prediction, self.student_steps = fake_prediction, student_steps
-        self.gan_g, self.gan_d = gan_generator_weight, gan_discriminator_weight
-        self.gan_time = gan_time or UniformTime(1e-3, 1.0)
-        self.feature = {"feature_layer": feature_layer, "feature_channels": feature_channels,
-                        "channel_axis": feature_channel_axis, "head_hidden": head_hidden}
-        self.reg_weight, self.reg_solver, self.reg_steps, self.reg_seed = (
-            regression_weight, regression_solver, regression_steps, regression_seed)
-        self.decoupled, self.dm_weight, self.ca_weight = decoupled, dm_weight, ca_weight
-        self.ca_time = ca_time or UniformTime(0.02, 1.0)
-        self.f_divergence = f_divergence
-        self.use_head = gan_generator_weight > 0 or f_divergence != "reverse_kl"
+        self.fake = fake_score or FakeScoreOptions()
+        self.fake_time = self.fake.time or UniformTime(1e-3, 1.0)
+        self.gan, self.regression, self.decoupled = gan, regression, decoupled
+        self.gan_time = (gan.time if gan is not None else None) or UniformTime(1e-3, 1.0)
+        self.ca_time = (decoupled.ca_time if decoupled is not None else None) or UniformTime(0.02, 1.0)
+        self.f_divergence, self.teacher_offload = f_divergence, teacher_offload
 
     # --- roles and plan ----------------------------------------------------------------------
     def build_roles(self, student: nn.Module, teacher: nn.Module | None) -> dict[str, nn.Module]:
-        fake = build_fake_score(student, teacher, self.fake_score_init, self.fake_score_memory, **self.lora,
-                                with_head=self.use_head, **self.feature)
+        f, gan = self.fake, self.gan
+        head = {} if gan is None else {"feature_layer": gan.feature_layer, "feature_channels": gan.feature_channels,
+                                       "head_hidden": gan.hidden, "channel_axis": gan.channel_axis}
+        fake = build_fake_score(student, teacher, f.init, f.memory, f.lora_rank, f.lora_alpha, f.lora_targets,
+                                with_head=gan is not None, **head)
         return {"fake_score": fake}
 
     def plan(self, iteration: int) -> list[str]:
@@ -221,24 +244,26 @@ class DMD2(Objective):
             mu_fake = mu_fake.x0
         else:
             mu_fake = fake(x_t, t, cond).x0
-        if not self.decoupled:
+        if self.decoupled is None:
             mu_real = ctx.guided_teacher(self.guidance_scale)(x_t, t, cond).x0
-            g = (mu_fake - mu_real) / normaliser(x, mu_real, mask)
+            g = (mu_fake - mu_real) / mean_abs_normaliser(x, mu_real, mask)
         else:
+            d = self.decoupled
             mu_c = teacher(x_t, t, cond).x0
-            g = self.dm_weight * (mu_fake - mu_c) / normaliser(x, mu_c, mask)
+            g = d.dm_weight * (mu_fake - mu_c) / mean_abs_normaliser(x, mu_c, mask)
             tau = self.ca_time(teacher.path, batch.size, ctx.generator).to(x) * t_in / teacher.path.t_max
             x_tau = teacher.path.add_noise(x, ctx.randn(x.shape), tau)
             c, u = teacher(x_tau, tau, cond), teacher(x_tau, tau, ctx.null_condition(cond))
             mu_cfg = combine_guidance(c, u, self.guidance_scale).x0
-            g_ca = (self.guidance_scale - 1) * (u.x0 - c.x0) / normaliser(x, mu_cfg, mask)
-            g = g + self.ca_weight * g_ca
+            g_ca = (self.guidance_scale - 1) * (u.x0 - c.x0) / mean_abs_normaliser(x, mu_cfg, mask)
+            g = g + d.ca_weight * g_ca
             logs["ca_norm"] = per_sample(g_ca.abs(), mask).mean()
         if logits is not None:
             h = f_divergence_weight(logits, self.f_divergence)
             g = g * expand_like(h, g)
             logs["f_weight_max"] = h.max()
-        return torch.nan_to_num(g), logs
+        # no sanitising: a non-finite teacher or fake score makes the loss non-finite, which the engine refuses
+        return g, logs
 
     def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
         fake: FakeScore = ctx.roles["fake_score"]
@@ -248,18 +273,18 @@ class DMD2(Objective):
         x_t = path.add_noise(x.detach(), ctx.randn(x.shape), t)
         with torch.no_grad():
             g, logs = self.dm_direction(x.detach(), x_t, t, t_in, batch, ctx, fake)
-        loss = surrogate(x, g, batch.mask)
+        loss = gradient_surrogate(x, g, batch.mask)
         logs["dm"] = loss.detach()
-        if self.gan_g > 0:
+        if self.gan is not None and self.gan.generator_weight > 0:
             t_gan = self.gan_time(fake.path, batch.size, ctx.generator).to(x)
             with frozen_params(fake):
                 _, logits = fake.with_logits(fake.path.add_noise(x, ctx.randn(x.shape), t_gan), t_gan, batch.cond)
-            gan = F.softplus(-logits).mean()
-            loss = loss + self.gan_g * gan
+            gan = softplus_generator(logits)
+            loss = loss + self.gan.generator_weight * gan
             logs["gan_generator"] = gan.detach()
-        if self.reg_weight > 0:
+        if self.regression is not None and self.regression.weight > 0:
             reg = self.regression_loss(batch, ctx)
-            loss = loss + self.reg_weight * reg
+            loss = loss + self.regression.weight * reg
             logs["regression"] = reg.detach()
         return LossOutput(loss, logs)
 
@@ -271,7 +296,7 @@ class DMD2(Objective):
         t = self.fake_time(path, batch.size, ctx.generator).to(x)
         eps = ctx.randn(x.shape)
         x_t = path.add_noise(x, eps, t)
-        space = fake.prediction if self.fake_prediction == "native" else self.fake_prediction
+        space = fake.prediction if self.fake.prediction == "native" else self.fake.prediction
         target = path.from_prediction(Prediction(x, eps), t, space)
         if space == fake.prediction:
             out = fake.raw(x_t, t, batch.cond)
@@ -279,14 +304,14 @@ class DMD2(Objective):
             out = path.from_prediction(fake(x_t, t, batch.cond), t, space)
         per = squared_error(out, target, batch.mask)
         loss, logs = per.mean(), {"denoising": per.mean().detach()}
-        if self.use_head and self.gan_d > 0:
+        if self.gan is not None and self.gan.discriminator_weight > 0:
             if batch.x0 is None:
                 raise ValueError(f"{self.name}'s discriminator needs real data (batch.x0); got a data-free batch")
             t_gan = self.gan_time(path, batch.size, ctx.generator).to(x)
             _, l_fake = fake.with_logits(path.add_noise(x, ctx.randn(x.shape), t_gan), t_gan, batch.cond)
             _, l_real = fake.with_logits(path.add_noise(batch.x0, ctx.randn(x.shape), t_gan), t_gan, batch.cond)
-            disc = F.softplus(l_fake).mean() + F.softplus(-l_real).mean()
-            loss = loss + self.gan_d * disc
+            disc = softplus_discriminator(l_real, l_fake)
+            loss = loss + self.gan.discriminator_weight * disc
             logs["gan_discriminator"] = disc.detach()
         return LossOutput(loss, logs)
 
@@ -294,10 +319,11 @@ class DMD2(Objective):
         """DMD's regression on (noise, teacher ODE sample) pairs; the student maps the noise in one step."""
         student = ctx.student
         # seeded per iteration and rank: with the iteration alone every data-parallel rank regressed on the same noise
-        g = torch.Generator(device=ctx.device).manual_seed(ctx.seed(self.reg_seed, ctx.iteration, ctx.rank))
+        opts = self.regression or RegressionOptions()
+        g = torch.Generator(device=ctx.device).manual_seed(ctx.seed(opts.seed, ctx.iteration, ctx.rank))
         z = torch.randn((batch.size, *ctx.latent_shape), generator=g, device=ctx.device, dtype=ctx.dtype)
         with torch.no_grad():
-            y = sample(ctx.guided_teacher(self.guidance_scale), z, self.reg_steps, batch.cond, self.reg_solver).x
+            y = sample(ctx.guided_teacher(self.guidance_scale), z, opts.steps, batch.cond, opts.solver).x
         x_in = initial_latent(student.path, z)
         pred = student(x_in, _full(student.path.t_max, z), batch.cond).x0
         return squared_error(pred, y, batch.mask).mean()
@@ -310,4 +336,4 @@ class DMD2(Objective):
 
 def decoupled_dmd(**kwargs: Any) -> DMD2:
     """Decoupled DMD (Liu et al., 2025): DMD2 with separate CFG-augmentation and distribution-matching terms."""
-    return DMD2(decoupled=True, **kwargs)
+    return DMD2(decoupled=kwargs.pop("decoupled", None) or DecoupledOptions(), **kwargs)

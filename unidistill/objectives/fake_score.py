@@ -1,7 +1,7 @@
 """Fake-score ("critic") networks, their memory strategies, and feature-based discriminator heads.
 
 Shared by the distribution-matching objectives (``dmd.py``, ``sid.py``) and adversarial distillation
-(``adversarial.py``). Memory strategies for the fake score (``fake_score_memory``):
+(``adversarial.py``). Memory strategies for the fake score (``FakeScoreOptions.memory``):
 
 * ``"full"`` — a trainable deep copy of the teacher (or of the student when the teacher has no parameters,
   e.g. an analytic teacher), as in Yin et al., 2024, "Improved Distribution Matching Distillation for Fast
@@ -189,7 +189,7 @@ class FakeScore(nn.Module):
                 {re.sub(r"\W", "_", n): nn.ModuleDict({"A": m.lora_A, "B": m.lora_B}) for n, m in layers.items()}
             )
         else:
-            raise ValueError(f"unknown fake_score_memory {strategy!r}; valid: 'full', 'lora'")
+            raise ValueError(f"unknown fake score memory {strategy!r}; valid: 'full', 'lora'")
 
     @property
     def base(self) -> nn.Module:
@@ -243,8 +243,8 @@ def build_fake_score(student: nn.Module, teacher: nn.Module | None, init: str = 
         raise ValueError(f"fake_score_init must be 'teacher', 'student' or 'auto', got {init!r}")
     if memory == "lora":
         if init != "teacher" or not has_parameters(teacher):
-            raise ValueError("fake_score_memory='lora' puts adapters on the teacher network, which needs a teacher "
-                             "with parameters (fake_score_init='teacher'); use 'full' for an analytic teacher")
+            raise ValueError("fake_score.memory='lora' puts adapters on the teacher network, which needs a teacher "
+                             "with parameters (fake_score.init='teacher'); use 'full' for an analytic teacher")
         from peft import LoraConfig, inject_adapter_in_model
 
         net = network_of(teacher)
@@ -264,7 +264,7 @@ def build_fake_score(student: nn.Module, teacher: nn.Module | None, init: str = 
         base.requires_grad_(True)
         base.eval()  # no dropout in the critic (DMD2 uses dropout 0)
     else:
-        raise ValueError(f"unknown fake_score_memory {memory!r}; valid: 'full', 'lora'")
+        raise ValueError(f"unknown fake score memory {memory!r}; valid: 'full', 'lora'")
     head, layer = None, None
     if with_head:
         net = network_of(base)

@@ -1,6 +1,7 @@
-"""Per-sample reductions and distances shared by every objective.
+"""Loss pieces shared by the objectives: per-sample reductions and distances, DMD's normaliser and gradient
+surrogate, and the GAN losses (the shape of FastGen's ``common_loss.py``).
 
-DESIGN.md fixes the reduction: a loss is reduced per sample over all non-batch dimensions (masked where
+docs/design.md fixes the reduction: a loss is reduced per sample over all non-batch dimensions (masked where
 a mask exists), then averaged over the batch. Whether the per-sample reduction is a mean or a sum is an
 explicit argument, because it changes how loss terms balance as the latent grows.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Reduction = Literal["mean", "sum"]
@@ -48,3 +50,36 @@ def distance(pred: Tensor, target: Tensor, kind: str, huber_c: float = 1e-3, mas
     if kind == "pseudo_huber":
         return pseudo_huber(pred, target, huber_c, mask)
     raise ValueError(f"unknown distance {kind!r}; valid: 'l2', 'pseudo_huber'")
+
+
+def mean_abs_normaliser(x: Tensor, mu: Tensor, mask: Tensor | None = None, eps: float = 1e-6) -> Tensor:
+    """DMD's per-sample ``N = mean_elems |x - mu|`` (detached), broadcast against ``x`` (docs/formulations.md §4.1)."""
+    n = per_sample((x - mu).abs().detach(), mask) + eps
+    return n.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def gradient_surrogate(x: Tensor, g: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``0.5 * mean_b mean_elems (x - sg(x - g))^2``: a scalar whose gradient on ``x`` is ``g / (B D)`` (masked
+    elements excluded), how score-distillation directions reach the generator."""
+    target = (x - g).detach()
+    return 0.5 * per_sample((x - target) ** 2, mask, "mean").mean()
+
+
+def softplus_discriminator(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    """Non-saturating GAN discriminator loss ``softplus(-D(real)) + softplus(D(fake))``, batch means."""
+    return F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean()
+
+
+def softplus_generator(logits_fake: Tensor) -> Tensor:
+    """Non-saturating GAN generator loss ``softplus(-D(fake))``."""
+    return F.softplus(-logits_fake).mean()
+
+
+def hinge_discriminator(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
+    """Hinge discriminator loss ``relu(1 - D(real)) + relu(1 + D(fake))``, batch means."""
+    return F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()
+
+
+def hinge_generator(logits_fake: Tensor) -> Tensor:
+    """Hinge generator loss ``-D(fake)``."""
+    return -logits_fake.mean()

@@ -19,27 +19,29 @@ from __future__ import annotations
 from typing import Any
 
 from unidistill.objectives.base import Batch, Context, LossOutput
-from unidistill.objectives.dmd import DMD2, student_sample
+from unidistill.objectives.dmd import DMD2, FakeScoreOptions, student_sample
 from unidistill.objectives.fake_score import frozen_params
-from unidistill.objectives.losses import per_sample
-from unidistill.paths import expand_like
+from unidistill.objectives.losses import mean_abs_normaliser, per_sample
+from unidistill.timesteps import TimeSampler
 
 
 class ScoreIdentityDistillation(DMD2):
     """SiD generator loss on top of DMD2's fake-score machinery; ``alpha`` is SiD's weighting (default 1.2).
 
-    DMD2-only generator terms (GAN, regression, decoupled guidance, f-divergence weights) are not used here.
+    DMD2's generator-side terms (GAN, regression, decoupled guidance, f-divergence weights) do not apply to SiD's loss,
+    so they are not arguments here: a config that sets one is refused by the parser instead of silently ignored.
     """
 
     @classmethod
     def tiny(cls, modality: Any) -> ScoreIdentityDistillation:
         return cls(fake_updates_per_student=1)
 
-    def __init__(self, alpha: float = 1.2, **kwargs: Any) -> None:
-        for key in ("decoupled", "gan_generator_weight", "regression_weight"):
-            if kwargs.get(key):
-                raise ValueError(f"ScoreIdentityDistillation does not support {key}; use DMD2")
-        super().__init__(**kwargs)
+    def __init__(self, alpha: float = 1.2, guidance_scale: float = 1.0, fake_updates_per_student: int = 5,
+                 student_steps: int = 1, dm_time: TimeSampler | None = None, fake_score: FakeScoreOptions | None = None,
+                 teacher_offload: bool = False) -> None:
+        super().__init__(guidance_scale=guidance_scale, fake_updates_per_student=fake_updates_per_student,
+                         student_steps=student_steps, dm_time=dm_time, fake_score=fake_score,
+                         teacher_offload=teacher_offload)
         self.alpha = alpha
 
     def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:
@@ -51,7 +53,7 @@ class ScoreIdentityDistillation(DMD2):
         with frozen_params(fake):
             mu_f = fake(x_t, t, batch.cond).x0
         mu_r = ctx.guided_teacher(self.guidance_scale)(x_t, t, batch.cond).x0
-        n = expand_like(per_sample((x - mu_r).abs().detach(), batch.mask) + 1e-6, x)
+        n = mean_abs_normaliser(x, mu_r, batch.mask)
         diff = mu_r - mu_f
         per = per_sample(diff * ((mu_r - x) - self.alpha * diff) / n, batch.mask)
         loss = per.mean()
