@@ -5,10 +5,10 @@
     python benchmarks/run_all.py --only gmm    # run a subset (the README still shows every JSON present)
 
 A modality's benchmark is ``benchmarks/<name>.py`` where ``<name>`` is a registered modality (``unidistill.modalities``
-entry points); each writes ``benchmarks/results/<something>.json`` in the shared shape (see DESIGN.md). For every JSON
-with NFE rows this writes ``<stem>_quality.png`` (the quality metric against NFE, one line per model and solver:
-teacher, DPM-Solver, each student) and, when rows carry ``speedup_vs_teacher``, ``<stem>_speedup.png`` (bars). Plots
-use matplotlib when it is installed, else PIL. The README text between ``<!-- results:start -->`` and
+entry points); each writes ``benchmarks/results/<something>.json`` in the shared shape (docs/design.md §5.3).
+For every JSON with NFE rows this writes ``<stem>_quality.png`` (the quality metric against NFE, one line per model and
+solver: teacher, DPM-Solver, each student) and, when rows carry ``speedup_vs_teacher``, ``<stem>_speedup.png``
+(bars). Plots use matplotlib when it is installed, else PIL. The README text between ``<!-- results:start -->`` and
 ``<!-- results:end -->`` is replaced by tables built only from those JSON files, stamped with this command and
 the machine; nothing else in the README changes.
 """

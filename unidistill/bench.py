@@ -1,6 +1,6 @@
 """Teacher-versus-student comparison: quality and measured speed at several NFEs, in one run.
 
-Used by ``unidistill bench``, the README's main job and ``benchmarks/``. Rows follow the shape DESIGN.md
+Used by ``unidistill bench``, the README's main job and ``benchmarks/``. Rows follow the shape docs/design.md §5.3
 fixes for ``benchmarks/results/*.json``.
 """
 

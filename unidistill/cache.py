@@ -11,7 +11,7 @@ cache made by a different teacher than the configured one, naming both.
 
 Trajectory points are the solver's states at the requested ``trajectory_times`` (times of the path,
 decreasing; inserted into the solver grid so the solver stops exactly there), e.g. a student's step grid
-for trajectory regression (FORMULATIONS.md section 8).
+for trajectory regression (docs/formulations.md §8).
 """
 
 from __future__ import annotations

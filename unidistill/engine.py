@@ -99,11 +99,11 @@ class Engine:
             roles["target"] = self.target.module
         return roles
 
-    def context(self, iteration: int, device: torch.device | str = "cpu", rank: int = 0,
-                world_size: int = 1) -> Context:
+    def context(self, iteration: int, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+                micro: int = 0) -> Context:
         kwargs = {} if self.null_condition is None else {"null_condition": self.null_condition}
         return make_context(self.roles(), self.latent_shape, seed=self.seed, iteration=iteration, rank=rank,
-                            world_size=world_size, prior=self.prior, device=device, **kwargs)
+                            world_size=world_size, prior=self.prior, device=device, micro=micro, **kwargs)
 
     def update_averages(self) -> None:
         for avg in (self.ema, self.target):
@@ -135,20 +135,22 @@ class Engine:
 
     def step(self, batch: Batch, iteration: int, optimizers: dict[str, Any], *, grad_clip: float | None = None,
              backward: Backward | None = None, clip: Callable[[Any, float], None] | None = None,
-             accumulate: int = 1, apply: bool = True, device: torch.device | str = "cpu", rank: int = 0,
-             world_size: int = 1, on_nonfinite: Callable[[], None] | None = None) -> dict[str, Tensor]:
+             accumulate: int = 1, apply: bool = True, micro: int = 0, device: torch.device | str = "cpu",
+             rank: int = 0, world_size: int = 1,
+             on_nonfinite: Callable[[], None] | None = None) -> dict[str, Tensor]:
         """Run the objective's plan for ``iteration``; returns ``{"<update>/<term>": detached tensor}``.
 
         ``backward`` defaults to ``loss.backward()``, ``clip(optimizer, max_norm)`` to ``clip_grad_norm_`` over the
         optimizer's parameters. With ``accumulate = k`` each loss is divided by ``k`` and, when ``apply`` is false
-        (not the last batch of an accumulation window), no optimizer steps. After every optimizer step all
+        (not the last batch of an accumulation window), no optimizer steps; ``micro`` (the batch's place in the
+        window) gives each batch of the window its own random draws. After every optimizer step all
         roles' gradients are cleared, so a loss that reaches another role's parameters (a GAN term through the
         fake score) never leaks into that role's next step. A non-finite loss calls ``on_nonfinite`` (e.g. to
         save the last good state) before raising ``FloatingPointError``.
         """
         backward = backward or Tensor.backward
         clip = clip or _clip_grad_norm
-        ctx = self.context(iteration, device, rank, world_size)
+        ctx = self.context(iteration, device, rank, world_size, micro)
         logs: dict[str, Tensor] = {}
         for update in self.objective.plan(iteration):
             out = self.objective.loss(update, batch, ctx)

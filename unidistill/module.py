@@ -209,7 +209,7 @@ class DistillationModule(L.LightningModule):
         logs = self.engine.step(
             batch, iteration, opts, grad_clip=self.grad_clip, backward=self.manual_backward,
             clip=lambda opt, norm: self.clip_gradients(opt, gradient_clip_val=norm, gradient_clip_algorithm="norm"),
-            accumulate=self.accumulate, apply=step_now, device=self.device,
+            accumulate=self.accumulate, apply=step_now, micro=batch_idx % self.accumulate, device=self.device,
             rank=self.global_rank, world_size=self.trainer.world_size, on_nonfinite=self._save_last_good)
         for name, value in logs.items():
             self.log(f"train/{name}", value, prog_bar=name.endswith("/loss"), batch_size=batch.size)

@@ -1,6 +1,6 @@
 """Probability paths ``x_t = alpha(t) x0 + sigma(t) eps`` and conversions between prediction types.
 
-Convention (DESIGN.md): ``t = 0`` is data, ``t = t_max`` is noise. Time may be ``[B]`` or ``[B, *T]``
+Convention (docs/design.md §4.1): ``t = 0`` is data, ``t = t_max`` is noise. Time may be ``[B]`` or ``[B, *T]``
 (e.g. one time per video frame); scalars are broadcast against a latent by appending trailing
 dimensions, never by assuming an image shape.
 

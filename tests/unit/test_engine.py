@@ -157,3 +157,12 @@ def test_learning_rates_are_base_times_warmup_cosine_and_the_objectives_factor()
     engine.set_learning_rates(opts, 60, schedule)
     assert opts["student"].param_groups[0]["lr"] == pytest.approx(1e-2 * 0.55 * 0.5)
     assert opts["critic"].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.55 * 0.5)
+
+
+def test_batches_of_one_accumulation_window_draw_their_own_noise():
+    engine = _engine(Recorder())
+    first, second = engine.context(3, micro=0), engine.context(3, micro=1)
+    assert not torch.equal(first.randn((4,)), second.randn((4,)))
+    assert engine.context(3, rank=0, micro=1).shared_generator.initial_seed() == \
+        engine.context(3, rank=1, micro=1).shared_generator.initial_seed()
+    assert first.generator.initial_seed() == mix_seed(3, 3, 0)  # no accumulation: the draws are unchanged

@@ -368,3 +368,12 @@ def test_dmd2_one_step_student_on_gmm_quality(tmp_path):
     assert student["sliced_wasserstein"] <= 0.2 * teacher1["sliced_wasserstein"], rows
     assert student["sliced_wasserstein"] <= 2.5 * teacher64["sliced_wasserstein"], rows
     assert student["mode_coverage"] == 1.0, rows
+
+
+def test_the_fake_score_network_stays_in_eval_mode_when_the_trainer_sets_train():
+    objective = DMD2(gan=GanOptions(generator_weight=0.0, hidden=8))
+    roles, _, _, _ = setup(objective, (8,))
+    fake = roles["fake_score"]
+    fake.train()  # what Lightning does to every registered child at fit start
+    assert fake.training and fake.head.training
+    assert not any(m.training for m in fake.denoiser.modules())

@@ -201,13 +201,15 @@ def check_finite(objective: Objective, update: str, iteration: int, out: LossOut
 def make_context(roles: dict[str, nn.Module], latent_shape: tuple[int, ...], *, seed: int = 0, iteration: int = 0,
                  rank: int = 0, world_size: int = 1, null_condition: Callable[[Any], Any] = _identity,
                  prior: Callable[[int, Any, torch.Generator], Tensor] | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Context:
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, micro: int = 0) -> Context:
     """The context of one iteration: its per-rank generator seeded by ``(seed, iteration, rank)`` and its shared
-    generator by ``(seed, iteration, -1)`` (the same on every rank), both through ``unidistill.seeds.mix_seed``."""
+    generator by ``(seed, iteration, -1)`` (the same on every rank), both through ``unidistill.seeds.mix_seed``.
+    ``micro`` numbers the batches of one gradient-accumulation window (each draws its own noise; 0 = the first)."""
     device = torch.device(device)
+    extra = (micro,) if micro else ()
     return Context(
         roles=roles, latent_shape=tuple(latent_shape),
-        generator=torch.Generator(device).manual_seed(mix_seed(seed, iteration, rank)),
-        shared_generator=torch.Generator(device).manual_seed(mix_seed(seed, iteration, -1)),
+        generator=torch.Generator(device).manual_seed(mix_seed(seed, iteration, rank, *extra)),
+        shared_generator=torch.Generator(device).manual_seed(mix_seed(seed, iteration, -1, *extra)),
         iteration=iteration, null_condition=null_condition, prior=prior, device=device, dtype=dtype, rank=rank,
         world_size=world_size, root_seed=seed)

@@ -1,6 +1,6 @@
 """Distilling a bidirectional video teacher into a block-causal, few-step streaming student.
 
-Four ways to train the causal student, differing only in what the student sees as context (FORMULATIONS 9):
+Four ways to train the causal student, differing only in what the student sees as context (docs/formulations.md §9):
 
 * ``CausVid`` — "From Slow Bidirectional to Fast Autoregressive Video Diffusion Models" (Yin et al., 2025):
   first ODE regression on teacher pairs (optionally from a ``TeacherCache``), each chunk at its own grid step

@@ -7,7 +7,7 @@ the fake score, backward simulation for multi-step students); Liu et al., 2025, 
 Augmentation as the Spear, Distribution Matching as the Shield" (decoupled guidance terms); Xu et al., 2025,
 "One-step Diffusion Models with f-Divergence Distribution Matching" (f-distill density-ratio weights).
 
-Generator gradient (FORMULATIONS 4.1), all under ``no_grad`` except the surrogate::
+Generator gradient (docs/formulations.md §4.1), all under ``no_grad`` except the surrogate::
 
     x = G(z);  x_t = alpha_t x + sigma_t eps;  g = (mu_fake(x_t) - mu_real^cfg(x_t)) / N,
     N = mean_elems |x - mu_real^cfg| (per sample);   L = 0.5 * mean_b mean_elems (x - sg(x - g))^2
@@ -43,7 +43,7 @@ from unidistill.paths import Prediction, expand_like
 from unidistill.solvers import initial_latent, sample
 from unidistill.timesteps import TimeSampler, UniformTime
 
-#: f-distill weights ``h(r) = f''(r) r^2`` per divergence (Xu et al., 2025; FORMULATIONS 4.7)
+#: f-distill weights ``h(r) = f''(r) r^2`` per divergence (Xu et al., 2025; docs/formulations.md §4.7)
 F_DIVERGENCES = {
     "reverse_kl": lambda r: torch.ones_like(r),
     "forward_kl": lambda r: r,

@@ -195,6 +195,14 @@ class FakeScore(nn.Module):
     def base(self) -> nn.Module:
         return self.denoiser if self.strategy == "full" else self._shared[0]
 
+    def train(self, mode: bool = True) -> FakeScore:
+        """The critic's network stays in eval mode (no dropout, as DMD2's critic), whatever mode a trainer sets on
+        the module tree; only the head follows ``mode``."""
+        super().train(mode)
+        if self.strategy == "full":
+            self.denoiser.eval()
+        return self
+
     @property
     def path(self) -> Any:
         return self.base.path

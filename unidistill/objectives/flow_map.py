@@ -4,7 +4,7 @@ Geng et al., 2025, "Mean Flows for One-step Generative Modeling" and Sabour et a
 Flow: Scaling Continuous-Time Flow Map Distillation". The student predicts the *average* velocity
 ``u(x_t, t, r)`` over ``[r, t]`` of the teacher's probability-flow ODE, so one evaluation jumps
 ``x_r = x_t - (t - r) u`` (the flow map). Differentiating ``(t - r) u = int_r^t v`` in ``t`` gives the
-MeanFlow identity used as a regression target (FORMULATIONS.md section 3.6):
+MeanFlow identity used as a regression target (docs/formulations.md §3.6):
 
     u_tgt = sg( v(x_t, t) - (t - r) (d/dt) u(x_t, t, r) ),   d/dt = v . grad_x + partial_t  (r held fixed)
 

@@ -2,7 +2,7 @@
 
 Salimans & Ho, 2022, "Progressive Distillation for Fast Sampling of Diffusion Models": one student DDIM
 step ``t -> t''`` must land where two teacher DDIM steps ``t -> t' -> t''`` land. The closed-form x0
-target that achieves this (FORMULATIONS.md section 6) is
+target that achieves this (docs/formulations.md §6) is
 
     x~ = (z_t'' - (sigma_t''/sigma_t) z_t) / (alpha_t'' - (sigma_t''/sigma_t) alpha_t),   x~ = z_t'' at t'' = 0,
 

@@ -1,7 +1,7 @@
 """Continuous-time consistency distillation (sCM) in TrigFlow.
 
 Lu & Song, 2024, "Simplifying, Stabilizing and Scaling Continuous-Time Consistency Models"
-(FORMULATIONS.md section 3.5). On the TrigFlow path ``x_t = cos t x0 + sin t z`` (``z = sigma_d eps``)
+(docs/formulations.md §3.5). On the TrigFlow path ``x_t = cos t x0 + sin t z`` (``z = sigma_d eps``)
 the consistency function is ``f(x_t, t) = cos t x_t - sin t sigma_d F(x_t, t)``. Both networks are seen
 in TrigFlow coordinates exactly through ``OnPath(., TrigFlow(sigma_d))`` (SNR matching, shared
 ``(x0, eps)``): ``sigma_d F`` is the TrigFlow velocity of the student's prediction, so ``f`` *is* the

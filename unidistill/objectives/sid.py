@@ -1,7 +1,7 @@
 """Score identity Distillation (SiD).
 
 Zhou et al., 2024, "Score identity Distillation: Exponentially Fast Distillation of Pretrained Diffusion
-Models for One-Step Generation". Data-free: the generator loss per element (FORMULATIONS 4.8, as in
+Models for One-Step Generation". Data-free: the generator loss per element (docs/formulations.md §4.8, as in
 Self-Forcing's ``sid.py``) is::
 
     L = (mu_r - mu_f) . ((mu_r - x) - alpha (mu_r - mu_f)) / N,   N = sg(mean_elems |x - mu_r|) per sample

@@ -5,7 +5,7 @@ Speed", and the ODE-pair initialisation of Yin et al., 2024, "One-step Diffusion
 Matching Distillation" and "From Slow Bidirectional to Fast Autoregressive Video Diffusion Models"
 (CausVid): for the same noise, the student's k-step output is regressed on the teacher's ODE solution.
 
-Two modes (FORMULATIONS.md section 8):
+Two modes (docs/formulations.md §8):
 
 * ``trajectory`` (default; FastGen KD / CausVid): the teacher trajectory is recorded at the student's
   grid times ``path.time_grid(k)``; each sample takes a random grid index ``j`` and the student's x0
