@@ -64,7 +64,9 @@ def compare(
         for seed in seeds:
             out = draw(cond, n, seed)
             spent = out.nfe
-            for key, value in module.modality.metrics(out.x, cond, reference).items():
+            with torch.no_grad():
+                scores = module.modality.metrics(out.x, cond, reference)
+            for key, value in scores.items():
                 metrics.setdefault(key, []).append(value)
         k = timing_batch
         seconds = time_call(lambda k=k: draw(sub_cond, k, 0), repeats=timing_repeats)

@@ -87,13 +87,17 @@ def capture_features(root: nn.Module, names: list[str]) -> Iterator[dict[str, Te
 
 
 def default_feature_layer(network: nn.Module) -> str:
-    """A bottleneck-like layer: diffusers' ``mid_block``, else the middle of a ``blocks`` list."""
+    """A bottleneck-like layer: diffusers' ``mid_block``, else the middle of a ``blocks``/``layers`` list, else the
+    middle of the network's top-level submodules that hold parameters."""
     if hasattr(network, "mid_block"):
         return "mid_block"
     for attr in ("blocks", "layers", "transformer_blocks"):
         seq = getattr(network, attr, None)
         if isinstance(seq, nn.ModuleList) and len(seq) > 0:
             return f"{attr}.{len(seq) // 2}"
+    children = [name for name, child in network.named_children() if any(True for _ in child.parameters())]
+    if children:
+        return children[len(children) // 2]
     raise ValueError(f"cannot guess a feature layer for {type(network).__name__}; set feature_layer in the config")
 
 

@@ -139,7 +139,7 @@ def distil_and_measure(config: Path, budget: Budget, workdir: Path) -> list[dict
         extra = [f"--model.objective.init_args.cache.init_args.root={cache}"]
     args = ["fit", "--config", str(config), f"--trainer.default_root_dir={workdir}",
             "--trainer.enable_progress_bar=false", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-            "--trainer.val_check_interval=1000000", "--trainer.enable_model_summary=false", *budget.overrides(),
+            "--trainer.limit_val_batches=0", "--trainer.enable_model_summary=false", *budget.overrides(),
             *extra]
     start = time.perf_counter()
     cli = UnidistillCLI(args=args, trainer_defaults={"callbacks": []})
@@ -152,7 +152,7 @@ def distil_and_measure(config: Path, budget: Budget, workdir: Path) -> list[dict
         g = torch.Generator(module.device).manual_seed(budget.seed + 7919 * nfe)
         with torch.no_grad():
             samples = module.sample_student(cond, x.shape[0], nfe, g).x
-        metrics = module.modality.metrics(samples, cond, x)
+            metrics = module.modality.metrics(samples, cond, x)
         name, lower = metric_choice(module.modality, metrics)
         # the task folder is part of the key: one modality may have several tasks with the same objective configs
         rows.append({"key": f"{config.parent.name}/{config.stem}@nfe{nfe}", "config": _shown(config),
