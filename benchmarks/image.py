@@ -47,7 +47,7 @@ def distil(objective: str, runs: Path, extra: list[str]) -> dict:
            *extra]
     subprocess.run(cmd, check=True, cwd=ROOT)
     budget = {"cpu_minutes": children_cpu_minutes() - before, "wall_minutes": (time.perf_counter() - start) / 60,
-              "command": " ".join(cmd[2:]), "threads": os.environ.get("OMP_NUM_THREADS")}
+              "command": " ".join(cmd[2:]).replace(f"{ROOT}/", ""), "threads": os.environ.get("OMP_NUM_THREADS")}
     (out / "budget.json").write_text(json.dumps(budget, indent=2))
     return budget
 

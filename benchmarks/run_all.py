@@ -82,7 +82,7 @@ def quality_metric(rows: list[dict[str, Any]], declared: str | None = None) -> s
                              f"columns: {', '.join(rows[0])}")
         return declared
     for key in rows[0]:
-        cost = ("memory", "rss", "ms_", "_ms", "params", "minutes", "seconds", "speedup", "ratio", "_vs_")
+        cost = ("memory", "rss", "_mb", "ms_", "_ms", "params", "minutes", "seconds", "speedup", "ratio", "_vs_")
         if key in NOT_QUALITY or key.startswith("distill_") or any(c in key for c in cost):
             continue
         if any(_numeric(r.get(key)) for r in rows):

@@ -98,11 +98,19 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def portable_command(command: str) -> str:
+    """``command`` as a reader can rerun it from the repository: this interpreter as ``python`` and paths under the
+    working folder relative to it (no machine paths in results files)."""
+    import sys
+
+    return command.replace(sys.executable, "python").replace(f"{Path.cwd()}/", "")
+
+
 def write_results(name: str, command: str, rows: Sequence[dict[str, Any]], out_dir: str | Path,
                   extra: dict[str, Any] | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "command": command, "machine": machine(),
+    payload = {"benchmark": name, "command": portable_command(command), "machine": machine(),
                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "rows": list(rows)}
     payload |= extra or {}
     path = out / f"{name}.json"
