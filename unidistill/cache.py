@@ -129,10 +129,19 @@ def generate_cache(
     """
     from tqdm.auto import tqdm
 
-    root = FilePath(root)
-    root.mkdir(parents=True, exist_ok=True)
+    # every argument is checked before anything is written: a typo must not leave a manifest behind
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+    bad = {k: v for k, v in {"num_samples": num_samples, "steps": steps, "shard_size": shard_size}.items() if v < 1}
+    if bad:
+        raise ValueError(f"the teacher cache needs positive counts, got {bad}")
     if guidance != 1.0 and null_condition is None:
         raise ValueError("a guided teacher cache (guidance != 1) needs null_condition")
+    t_top = float(teacher.path.time_grid(steps)[0])
+    if trajectory_times is not None and any(not 0 <= float(t) <= t_top for t in trajectory_times):
+        raise ValueError(f"trajectory times {list(trajectory_times)} must lie in [0, {t_top}] (the teacher's path)")
+    root = FilePath(root)
+    root.mkdir(parents=True, exist_ok=True)
     model = teacher if guidance == 1.0 else GuidedDenoiser(teacher, guidance, null_condition)
     num_shards = -(-num_samples // shard_size)
     manifest = {

@@ -140,16 +140,16 @@ class Engine:
              on_nonfinite: Callable[[], None] | None = None) -> dict[str, Tensor]:
         """Run the objective's plan for ``iteration``; returns ``{"<update>/<term>": detached tensor}``.
 
-        ``backward`` defaults to ``loss.backward()``, ``clip(optimizer, max_norm)`` to ``clip_grad_norm_`` over the
-        optimizer's parameters. With ``accumulate = k`` each loss is divided by ``k`` and, when ``apply`` is false
-        (not the last batch of an accumulation window), no optimizer steps; ``micro`` (the batch's place in the
-        window) gives each batch of the window its own random draws. After every optimizer step all
-        roles' gradients are cleared, so a loss that reaches another role's parameters (a GAN term through the
-        fake score) never leaks into that role's next step. A non-finite loss calls ``on_nonfinite`` (e.g. to
-        save the last good state) before raising ``FloatingPointError``.
+        ``backward`` defaults to ``loss.backward()``; ``clip(optimizer, max_norm)`` to clipping the optimizer's
+        parameters by the total norm the finiteness check computed. Before any optimizer steps, a non-finite loss
+        or gradient calls ``on_nonfinite`` (e.g. to save the last good state) and raises ``FloatingPointError``.
+        With ``accumulate = k`` each loss is divided by ``k``; when ``apply`` is false (not the last batch of an
+        accumulation window) no optimizer steps, and ``micro`` (the batch's place in the window) gives each batch
+        its own random draws. After every optimizer step all roles' gradients are cleared, so a loss that reaches
+        another role's parameters (a GAN term through the fake score) never leaks into that role's next step.
+        Logs hold each update's loss terms and each stepped role's gradient norm (before clipping).
         """
         backward = backward or Tensor.backward
-        clip = clip or _clip_grad_norm
         ctx = self.context(iteration, device, rank, world_size, micro)
         logs: dict[str, Tensor] = {}
         for update in self.objective.plan(iteration):
@@ -167,8 +167,9 @@ class Engine:
                 continue
             roles = update_roles(update)
             for role in roles:
-                if grad_clip is not None:
-                    clip(optimizers[role], grad_clip)
+                logs[f"{update}/grad_norm_{role}"] = self._check_and_clip(optimizers[role], role, update, iteration,
+                                                                          grad_clip, clip, on_nonfinite)
+            for role in roles:
                 optimizers[role].step()
             for opt in optimizers.values():
                 opt.zero_grad(set_to_none=True)
@@ -176,10 +177,24 @@ class Engine:
                 self.update_averages()
         return logs
 
-
-def _clip_grad_norm(optimizer: Any, max_norm: float) -> None:
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    def _check_and_clip(self, optimizer: Any, role: str, update: str, iteration: int, grad_clip: float | None,
+                        clip: Callable[[Any, float], None] | None, on_nonfinite: Callable[[], None] | None) -> Tensor:
+        """The role's total gradient norm; a non-finite one stops training before the optimizer steps, so the saved
+        state is the one from before the bad update. Clips to ``grad_clip`` (with ``clip`` when given)."""
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if not torch.isfinite(norm):
+            if on_nonfinite is not None:
+                on_nonfinite()
+            raise FloatingPointError(f"non-finite gradient of role {role!r} in objective {self.objective.name}, "
+                                     f"update {update!r}, at iteration {iteration} (norm {float(norm)}); the "
+                                     "optimizer did not step")
+        if grad_clip is not None:
+            if clip is not None:
+                clip(optimizer, grad_clip)
+            else:
+                torch.nn.utils.clip_grads_with_norm_(params, grad_clip, norm)
+        return norm.detach()
 
 
 def logs_to_floats(logs: dict[str, Tensor]) -> dict[str, float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 from pathlib import Path as FilePath
 from typing import Any
 
@@ -95,6 +96,12 @@ class DistillationModule(L.LightningModule):
         if max_iterations is not None and max_iterations < 1:
             raise ValueError(f"max_iterations must be >= 1 (or null), got {max_iterations}")
         self.max_iterations = max_iterations
+        bad = [n for n in [*self.val_nfes, *self.val_teacher_nfes] if int(n) < 1]
+        if bad:
+            raise ValueError(f"val_nfes and val_teacher_nfes must be >= 1 (number of network evaluations), got {bad}")
+        if objective.student_solver not in SOLVERS:
+            raise ValueError(f"{objective.name} samples with unknown solver {objective.student_solver!r}; valid: "
+                             f"{', '.join(SOLVERS)}")
         if teacher_solver not in SOLVERS:
             raise ValueError(f"unknown teacher_solver {teacher_solver!r}; valid: {', '.join(SOLVERS)}")
         if accumulate_grad_batches < 1:
@@ -129,6 +136,42 @@ class DistillationModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._sync_teacher_device()
+        self._check_writable_folders()
+        if str(self.trainer.precision).startswith("16"):
+            raise ValueError(f"trainer.precision={self.trainer.precision!r} needs a loss scaler, which the engine's "
+                             "finiteness checks and gradient clipping do not drive; use bf16-mixed or 32-true")
+
+    def on_train_start(self) -> None:
+        self._apply_configured_optimizer_settings()
+
+    def _check_writable_folders(self) -> None:
+        """Fail before the first step, naming the folder, when checkpoints or logs could not be written."""
+        folders = {FilePath(self.trainer.default_root_dir)}
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and getattr(callback, "dirpath", None):
+            folders.add(FilePath(callback.dirpath))
+        for folder in folders:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=folder):
+                    pass
+            except OSError as err:
+                raise PermissionError(f"cannot write checkpoints or logs in {str(folder)!r} ({err.strerror}); "
+                                      "set trainer.default_root_dir to a writable folder") from err
+
+    def _apply_configured_optimizer_settings(self) -> None:
+        """A resumed run restores each optimizer's state, including its learning rate, betas and weight decay;
+        the configured values win, and each change is logged (never silently ignored)."""
+        for role, opt in self._optimizers_by_role().items():
+            want = {"base_lr": self.role_learning_rates.get(role, self.learning_rate), "betas": tuple(self.betas),
+                    "weight_decay": self.weight_decay}
+            for group in opt.param_groups:
+                for key, value in want.items():
+                    have = tuple(group[key]) if key == "betas" else group.get(key)
+                    if have != value:
+                        log.warning("role %s: %s %s from the checkpoint replaced by the configured %s",
+                                    role, key, have, value)
+                        group[key] = value
 
     def on_validation_start(self) -> None:
         self._sync_teacher_device()
@@ -208,7 +251,6 @@ class DistillationModule(L.LightningModule):
         step_now = (batch_idx + 1) % self.accumulate == 0
         logs = self.engine.step(
             batch, iteration, opts, grad_clip=self.grad_clip, backward=self.manual_backward,
-            clip=lambda opt, norm: self.clip_gradients(opt, gradient_clip_val=norm, gradient_clip_algorithm="norm"),
             accumulate=self.accumulate, apply=step_now, micro=batch_idx % self.accumulate, device=self.device,
             rank=self.global_rank, world_size=self.trainer.world_size, on_nonfinite=self._save_last_good)
         for name, value in logs.items():
@@ -223,10 +265,11 @@ class DistillationModule(L.LightningModule):
             return
         path = FilePath(self.trainer.default_root_dir) / "last_good.ckpt"
         self.trainer.save_checkpoint(str(path))
-        log.error("non-finite loss: saved the last good state to %s", path)
+        log.error("non-finite loss or gradient: saved the state from before the failing update to %s", path)
 
     # --- checkpoint state that Lightning does not keep ------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["unidistill_run"] = run_identity(self)
         checkpoint["unidistill_rng"] = {
             "torch": torch.get_rng_state(),
             "python": torch.tensor(list(random.getstate()[1]), dtype=torch.int64),
@@ -234,6 +277,8 @@ class DistillationModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+        check_run_identity(checkpoint, self, f"checkpoint {str(path)!r}" if path else "the checkpoint")
         rng = checkpoint.get("unidistill_rng")
         if rng is None:
             return
@@ -327,6 +372,22 @@ class DistillationModule(L.LightningModule):
             if root is not None and self.trainer.is_global_zero:
                 self.modality.save_samples(samples, cond, root / "samples" / f"step_{int(self.iteration)}" / key)
         self._val_outputs = {}
+
+
+def run_identity(module: DistillationModule) -> dict[str, str]:
+    """What a checkpoint was trained as: the objective and modality classes (a resume of another is refused)."""
+    return {"objective": type(module.objective).__qualname__, "modality": type(module.modality).__qualname__}
+
+
+def check_run_identity(checkpoint: dict[str, Any], module: DistillationModule, source: str = "the checkpoint") -> None:
+    saved = checkpoint.get("unidistill_run")
+    if not saved:
+        return
+    now = run_identity(module)
+    for key in ("objective", "modality"):
+        if saved.get(key) != now[key]:
+            raise ValueError(f"{source} was trained with {key} {saved.get(key)}; this run is configured with "
+                             f"{now[key]}. Load it into a run of the same {key}")
 
 
 def _shard_units(role: nn.Module) -> list[nn.Module]:

@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from unidistill.checkpoint import safe_torch_load
 from unidistill.conditions import cat_cond, cond_size, index_cond, slice_cond
-from unidistill.module import DistillationModule
+from unidistill.module import DistillationModule, check_run_identity
 
 # keys of the ``fit`` subcommand that Lightning writes into a run's config.yaml but that mean nothing without one
 RUN_ONLY_KEYS = ("ckpt_path", "weights_only")
@@ -47,6 +47,20 @@ class UnidistillCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             **kwargs,
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """On ``fit --ckpt_path``: the configuration given now defines the run (Lightning would overlay any
+        hyperparameters saved in the checkpoint, silently ignoring a changed setting). The file is read here so an
+        unreadable or corrupted one is an error naming it; the module refuses a checkpoint of another objective or
+        modality and reports every optimizer setting that differs (``DistillationModule.on_train_start``)."""
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+            return
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path!r}: no such checkpoint file")
+        safe_torch_load(ckpt_path)
 
     def after_fit(self) -> None:
         """Print the last validation metrics of the run (they are also in the logger's files, e.g. metrics.csv)."""
@@ -89,6 +103,7 @@ def load_checkpoint(module: DistillationModule, ckpt: str | Path) -> None:
     state = safe_torch_load(ckpt)
     if "state_dict" not in state:
         raise ValueError(f"{str(ckpt)!r} is not a unidistill/Lightning checkpoint (no 'state_dict')")
+    check_run_identity(state, module, f"checkpoint {str(ckpt)!r}")
     try:
         module.load_state_dict(state["state_dict"])
     except RuntimeError as err:

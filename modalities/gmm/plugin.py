@@ -66,14 +66,15 @@ class GmmModality(Modality):
         if self.teacher_source == "analytic":
             return freeze(Denoiser(AnalyticDenoiserNet(self.mixture, self.path), self.path, "x0"))
         den = self.new_denoiser()
-        load_safetensors(den.network, self.teacher_source, "teacher")
+        load_safetensors(den.network, self.teacher_source, "teacher",
+                         card={"path": repr(self.path), "prediction": self.prediction})
         return freeze(den)
 
     def build_student(self, teacher: Denoiser, guidance_conditioned: bool = False) -> Denoiser:
         if not isinstance(teacher.network, AnalyticDenoiserNet):
             return super().build_student(teacher, guidance_conditioned)
         student = self.new_denoiser()
-        self.load_student_init(student.network)
+        self.load_student_init(student.network, {"path": repr(self.path), "prediction": self.prediction})
         if guidance_conditioned:
             student.network.enable_guidance_conditioning()
         return student

@@ -32,12 +32,16 @@ from unidistill.denoiser import Denoiser, freeze
 from unidistill.metrics import sliced_wasserstein
 from unidistill.modality import Modality
 from unidistill.paths import VPDiscrete, check_prediction_type
-from unidistill.weights import load_state, read_safetensors
+from unidistill.weights import check_card, load_state, read_safetensors
 
 
-def load_policy_weights(network: PolicyNetwork, path: str | FilePath, what: str) -> None:
-    """Load a safetensors policy into ``network`` with errors naming the file and any mismatch (observation or
-    action dimension first, since those are what a user gets wrong)."""
+def load_policy_weights(network: PolicyNetwork, path: str | FilePath, what: str,
+                        card: dict[str, Any] | None = None) -> None:
+    """Load a safetensors policy into ``network`` with errors naming the file and any mismatch (the weights card's
+    path, prediction type and horizon, then observation or action dimension, since those are what a user gets
+    wrong)."""
+    if card is not None:
+        check_card(path, card, what)
     state = read_safetensors(path, what)
     for key, want, name in (("normalizer.obs_scale", network.obs_dim, "obs_dim"),
                             ("normalizer.action_scale", network.action_dim, "action_dim")):
@@ -144,13 +148,18 @@ class PolicyModality(Modality):
             return freeze(den)
         den = Denoiser(PolicyNetwork(self.obs_dim, self.action_dim, self.horizon, self.n_obs_steps, **self.net_args),
                        self.path, self.prediction, TimestepAdapter(self.path))
-        load_policy_weights(den.network, self.teacher_source, "teacher")
+        load_policy_weights(den.network, self.teacher_source, "teacher", self.card())
         self._normalizer = Normalizer(self.obs_dim, self.action_dim)
         self._normalizer.load_state_dict(den.network.normalizer.state_dict())
         if self.demos is not None:
             obs, act = stack_episodes(self.demos.episodes()[:1])
             self._check_dims(obs.shape[-1], act.shape[-1], "the demonstrations")
         return freeze(den)
+
+    def card(self) -> dict[str, Any]:
+        """What weights for this configuration must have been trained with (checked against their card)."""
+        return {"path": repr(self.path), "prediction": self.prediction, "horizon": self.horizon,
+                "n_obs_steps": self.n_obs_steps, "obs_dim": self.obs_dim, "action_dim": self.action_dim}
 
     # --- data <-> latents ---------------------------------------------------------------------------
     def encode(self, data: Tensor) -> Tensor:
