@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 # keys that describe a row or its cost rather than its quality
-NOT_QUALITY = {"nfe", "ms_per_sample", "speedup_vs_teacher", "seed", "seeds", "steps", "steps_per_chunk", "episodes",
+NOT_QUALITY = {"nfe", "batch", "ms_per_sample", "speedup_vs_teacher", "seed", "seeds", "steps", "steps_per_chunk", "episodes",
                "repeats"}
 LOWER_IS_BETTER_HINTS = ("wasserstein", "fd", "fid", "fvd", "mmd", "distance", "error", "mse", "drift", "loss")
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),

@@ -154,47 +154,42 @@ class Engine:
         logs: dict[str, Tensor] = {}
         for update in self.objective.plan(iteration):
             out = self.objective.loss(update, batch, ctx)
-            try:
-                check_finite(self.objective, update, iteration, out)
-            except FloatingPointError:
+            backward(out.loss / accumulate if accumulate > 1 else out.loss)
+            roles = update_roles(update) if apply else ()
+            grads = {role: _grad_params(optimizers[role]) for role in roles}
+            norms = {role: torch.nn.utils.get_total_norm([p.grad for p in params]) for role, params in grads.items()}
+            # one host synchronisation per update: the loss terms and the gradient norms together, before any step
+            checked = [out.loss.detach().reshape(()), *(v.detach().float().reshape(-1) for v in out.logs.values()),
+                       *norms.values()]
+            if not bool(torch.cat([c.reshape(-1).float() for c in checked]).isfinite().all()):
                 if on_nonfinite is not None:
                     on_nonfinite()
-                raise
-            backward(out.loss / accumulate if accumulate > 1 else out.loss)
+                check_finite(self.objective, update, iteration, out)  # names the loss term when one is non-finite
+                bad = [f"{r} (norm {float(n)})" for r, n in norms.items() if not torch.isfinite(n)]
+                raise FloatingPointError(f"non-finite gradient of role(s) {', '.join(bad)} in objective "
+                                         f"{self.objective.name}, update {update!r}, at iteration {iteration}; the "
+                                         "optimizer did not step")
             logs.update({f"{update}/{k}": v.detach() for k, v in out.logs.items()})
             logs[f"{update}/loss"] = out.loss.detach()
+            for role in roles:
+                logs[f"{update}/grad_norm_{role}"] = norms[role].detach()
+                if grad_clip is not None:
+                    if clip is not None:
+                        clip(optimizers[role], grad_clip)
+                    else:
+                        torch.nn.utils.clip_grads_with_norm_(grads[role], grad_clip, norms[role])
+                optimizers[role].step()
             if not apply:
                 continue
-            roles = update_roles(update)
-            for role in roles:
-                logs[f"{update}/grad_norm_{role}"] = self._check_and_clip(optimizers[role], role, update, iteration,
-                                                                          grad_clip, clip, on_nonfinite)
-            for role in roles:
-                optimizers[role].step()
             for opt in optimizers.values():
                 opt.zero_grad(set_to_none=True)
             if "student" in roles:
                 self.update_averages()
         return logs
 
-    def _check_and_clip(self, optimizer: Any, role: str, update: str, iteration: int, grad_clip: float | None,
-                        clip: Callable[[Any, float], None] | None, on_nonfinite: Callable[[], None] | None) -> Tensor:
-        """The role's total gradient norm; a non-finite one stops training before the optimizer steps, so the saved
-        state is the one from before the bad update. Clips to ``grad_clip`` (with ``clip`` when given)."""
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if not torch.isfinite(norm):
-            if on_nonfinite is not None:
-                on_nonfinite()
-            raise FloatingPointError(f"non-finite gradient of role {role!r} in objective {self.objective.name}, "
-                                     f"update {update!r}, at iteration {iteration} (norm {float(norm)}); the "
-                                     "optimizer did not step")
-        if grad_clip is not None:
-            if clip is not None:
-                clip(optimizer, grad_clip)
-            else:
-                torch.nn.utils.clip_grads_with_norm_(params, grad_clip, norm)
-        return norm.detach()
+
+def _grad_params(optimizer: Any) -> list[Tensor]:
+    return [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
 
 
 def logs_to_floats(logs: dict[str, Tensor]) -> dict[str, float]:

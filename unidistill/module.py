@@ -253,8 +253,11 @@ class DistillationModule(L.LightningModule):
             batch, iteration, opts, grad_clip=self.grad_clip, backward=self.manual_backward,
             accumulate=self.accumulate, apply=step_now, micro=batch_idx % self.accumulate, device=self.device,
             rank=self.global_rank, world_size=self.trainer.world_size, on_nonfinite=self._save_last_good)
-        for name, value in logs.items():
-            self.log(f"train/{name}", value, prog_bar=name.endswith("/loss"), batch_size=batch.size)
+        # logged every trainer.log_every_n_steps iterations only: each logged value is a host synchronisation and
+        # a trip through Lightning's logging, which costs more than the update itself on small networks
+        if iteration % max(1, self.trainer.log_every_n_steps) == 0:
+            for name, value in logs.items():
+                self.log(f"train/{name}", value, prog_bar=name.endswith("/loss"), batch_size=batch.size)
         if step_now:
             self.iteration += 1
             if self.max_iterations is not None and iteration + 1 >= self.max_iterations:

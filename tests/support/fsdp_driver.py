@@ -78,7 +78,7 @@ def main() -> None:
                   "--trainer.devices=2", "--trainer.accelerator=cpu", f"--trainer.max_steps={steps}",
                   "--trainer.enable_checkpointing=false", "--trainer.logger=false",
                   "--trainer.enable_progress_bar=false", "--trainer.val_check_interval=3",
-                  "--trainer.limit_val_batches=1",
+                  "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1",
                   "--model.ema_decay=0.5", f"--trainer.default_root_dir={out / run}", *extra],
             trainer_defaults={"callbacks": [recorder]},
         )
