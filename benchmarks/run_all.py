@@ -28,8 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 # keys that describe a row or its cost rather than its quality
-NOT_QUALITY = {"nfe", "batch", "ms_per_sample", "speedup_vs_teacher", "seed", "seeds", "steps", "steps_per_chunk", "episodes",
-               "repeats"}
+NOT_QUALITY = {"nfe", "batch", "ms_per_sample", "speedup_vs_teacher", "seed", "seeds", "steps", "steps_per_chunk",
+               "episodes", "repeats"}
 LOWER_IS_BETTER_HINTS = ("wasserstein", "fd", "fid", "fvd", "mmd", "distance", "error", "mse", "drift", "loss")
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 0), (100, 100, 255)]

@@ -1,4 +1,5 @@
-"""Teacher-versus-student comparison: quality and measured speed at several NFEs, in one run.
+"""Teacher-versus-student comparison: quality and measured speed at several NFEs, in one run (``compare``), and
+the ``unidistill bench`` table around it (``run_bench``).
 
 Used by ``unidistill bench``, the README's main job and ``benchmarks/``. Rows follow the shape docs/design.md §5.3
 fixes for ``benchmarks/results/*.json``.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -19,6 +21,7 @@ import torch
 
 from unidistill.conditions import slice_cond
 from unidistill.metrics import time_call
+from unidistill.runs import reference_batch
 
 
 def machine() -> dict[str, Any]:
@@ -39,10 +42,18 @@ def compare(
     timing_batch: int = 256,
     model_name: str | None = None,
     timing_repeats: int = 9,
+    known_teacher: dict[tuple[str, int], dict[str, Any]] | None = None,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Score teacher runs ``(solver, nfe)`` or ``(solver, nfe, guidance)`` and student NFEs on the same
     conditions; metrics are averaged over ``seeds``; ``ms_per_sample`` is the median of repeated timed calls on
-    ``timing_batch`` samples. A guided teacher row carries its ``guidance`` (the others use the run's default)."""
+    ``timing_batch`` samples. A guided teacher row carries its ``guidance`` (the others use the run's default).
+
+    ``known_teacher`` maps ``(solver, nfe)`` to metrics measured earlier on the same references and seeds (a
+    verified reference file): those teacher runs are only timed, and their rows say where the quality came from.
+    A progress bar names the row being measured."""
+    from tqdm.auto import tqdm
+
     n = reference.shape[0] if reference is not None else int(cond.shape[0])
     timing_batch = min(timing_batch, n)
     rows: list[dict[str, Any]] = []
@@ -51,7 +62,9 @@ def compare(
         runs.append(("teacher", solver, nfe, guidance[0] if guidance else None))
     runs += [(model_name or module.objective.name, module.objective.student_solver, nfe, None) for nfe in student_nfes]
     sub_cond = slice_cond(cond, timing_batch)
-    for who, solver, nfe, guidance in runs:
+    bar = tqdm(runs, desc="bench", unit="row", disable=not progress)
+    for who, solver, nfe, guidance in bar:
+        bar.set_description(f"bench: {who} {solver} {nfe} NFE")
         def draw(c: Any, k: int, seed: int, who: str = who, solver: str = solver, nfe: int = nfe,
                  guidance: float | None = guidance) -> Any:
             g = torch.Generator(module.device).manual_seed(seed)
@@ -61,7 +74,11 @@ def compare(
 
         metrics: dict[str, list[float]] = {}
         spent = 0
-        for seed in seeds:
+        known = (known_teacher or {}).get((solver, nfe)) if who == "teacher" and guidance is None else None
+        if known is not None:
+            spent = int(known["nfe"])
+            metrics = {k: [float(v)] for k, v in known["metrics"].items()}
+        for seed in seeds if known is None else ():
             out = draw(cond, n, seed)
             spent = out.nfe
             with torch.no_grad():
@@ -73,6 +90,8 @@ def compare(
         row = {"model": who, "solver": solver, "nfe": spent} | ({} if guidance is None else {"guidance": guidance})
         row |= {key: statistics.fmean(v) for key, v in metrics.items()}
         row["ms_per_sample"] = 1000 * seconds / k
+        if known is not None:
+            row["quality_from"] = str(known.get("source", "reference"))
         rows.append(row)
     teacher_rows = [r for r in rows if r["model"] == "teacher"]
     if teacher_rows:
@@ -116,3 +135,50 @@ def write_results(name: str, command: str, rows: Sequence[dict[str, Any]], out_d
     path = out / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def parse_teacher_runs(specs: list[str]) -> list[tuple[str, int]]:
+    """``SOLVER:NFE`` strings -> ``(solver, nfe)``; an unknown solver or an NFE below 1 is an error naming it."""
+    from unidistill.solvers import SOLVERS
+
+    runs = []
+    for spec in specs:
+        solver, _, nfe = spec.partition(":")
+        if solver not in SOLVERS:
+            raise ValueError(f"teacher run {spec!r}: unknown solver {solver!r}; valid: {', '.join(sorted(SOLVERS))}")
+        if not nfe.isdigit() or int(nfe) < 1:
+            raise ValueError(f"teacher run {spec!r} must look like SOLVER:NFE with NFE >= 1, e.g. heun:64")
+        runs.append((solver, int(nfe)))
+    return runs
+
+
+def run_bench(module: Any, datamodule: Any, teacher: list[str], nfes: list[int],
+              samples: int | None, seeds: int, out: str | None, command: str, extra: dict | None = None,
+              timing_batch: int = 256, timing_repeats: int = 9, known_teacher: dict | None = None,
+              out_rows: list | None = None) -> list[dict]:
+    """Score the teacher runs and the student NFEs on held-out references (see ``unidistill.bench.compare``), print
+    the table and how many samples it used, and refuse a non-finite metric (after printing it)."""
+    runs = parse_teacher_runs(teacher)
+    bad = [n for n in nfes if n < 1]
+    if bad or (samples is not None and samples < 1) or seeds < 1:
+        raise ValueError(f"bench needs student NFEs >= 1 (got {nfes}), --samples >= 1 (got {samples}) and "
+                         f"--seeds >= 1 (got {seeds})")
+    module.eval()
+    module._sync_teacher_device()
+    x, cond = reference_batch(module, datamodule, samples)
+    n = x.shape[0]
+    capped = f" (the validation set holds only {n}; asked for {samples})" if samples is not None and n < samples else ""
+    print(f"scoring {n} held-out samples per row{capped}, {seeds} seed(s)")
+    rows = compare(module, cond, x, nfes, runs if module.teacher is not None else [], seeds=range(seeds),
+                   timing_batch=timing_batch, timing_repeats=timing_repeats, known_teacher=known_teacher)
+    if out_rows is not None:
+        out_rows.extend(rows)
+    print(format_table(rows))
+    nonfinite = [f"{r['model']} {r['solver']} {r['nfe']} NFE: {k}={v}" for r in rows for k, v in r.items()
+                 if isinstance(v, float) and not math.isfinite(v)]
+    if nonfinite:
+        raise FloatingPointError(f"non-finite metrics, nothing written: {'; '.join(nonfinite)}")
+    if out:
+        path = write_results(Path(out).stem, command, rows, Path(out).parent, extra)
+        print(f"wrote {path}")
+    return rows

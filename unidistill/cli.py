@@ -11,64 +11,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
-from pathlib import Path
 
-import lightning as L
 import torch
 
-from unidistill.bench import compare, format_table, write_results
-from unidistill.module import DistillationModule
-from unidistill.runs import UnidistillCLI, build, build_cache, check_config_files, load_checkpoint, reference_batch
+from unidistill.bench import run_bench
+from unidistill.runs import UnidistillCLI, build, build_cache, check_config_files, load_checkpoint
 
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-DEMO_CONFIG = REPO_CONFIGS / "digits" / "consistency.yaml"
 log = logging.getLogger("unidistill")
-
-
-def parse_teacher_runs(specs: list[str]) -> list[tuple[str, int]]:
-    """``SOLVER:NFE`` strings -> ``(solver, nfe)``; an unknown solver or an NFE below 1 is an error naming it."""
-    from unidistill.solvers import SOLVERS
-
-    runs = []
-    for spec in specs:
-        solver, _, nfe = spec.partition(":")
-        if solver not in SOLVERS:
-            raise ValueError(f"teacher run {spec!r}: unknown solver {solver!r}; valid: {', '.join(sorted(SOLVERS))}")
-        if not nfe.isdigit() or int(nfe) < 1:
-            raise ValueError(f"teacher run {spec!r} must look like SOLVER:NFE with NFE >= 1, e.g. heun:64")
-        runs.append((solver, int(nfe)))
-    return runs
-
-
-def run_bench(module: DistillationModule, datamodule: L.LightningDataModule, teacher: list[str], nfes: list[int],
-              samples: int | None, seeds: int, out: str | None, command: str, extra: dict | None = None,
-              timing_batch: int = 256, timing_repeats: int = 9) -> list[dict]:
-    """Score the teacher runs and the student NFEs on held-out references (see ``unidistill.bench.compare``), print
-    the table and how many samples it used, and refuse a non-finite metric (after printing it)."""
-    runs = parse_teacher_runs(teacher)
-    bad = [n for n in nfes if n < 1]
-    if bad or (samples is not None and samples < 1) or seeds < 1:
-        raise ValueError(f"bench needs student NFEs >= 1 (got {nfes}), --samples >= 1 (got {samples}) and "
-                         f"--seeds >= 1 (got {seeds})")
-    module.eval()
-    module._sync_teacher_device()
-    x, cond = reference_batch(module, datamodule, samples)
-    n = x.shape[0]
-    capped = f" (the validation set holds only {n}; asked for {samples})" if samples is not None and n < samples else ""
-    print(f"scoring {n} held-out samples per row{capped}, {seeds} seed(s)")
-    rows = compare(module, cond, x, nfes, runs if module.teacher is not None else [], seeds=range(seeds),
-                   timing_batch=timing_batch, timing_repeats=timing_repeats)
-    print(format_table(rows))
-    nonfinite = [f"{r['model']} {r['solver']} {r['nfe']} NFE: {k}={v}" for r in rows for k, v in r.items()
-                 if isinstance(v, float) and not math.isfinite(v)]
-    if nonfinite:
-        raise FloatingPointError(f"non-finite metrics, nothing written: {'; '.join(nonfinite)}")
-    if out:
-        path = write_results(Path(out).stem, command, rows, Path(out).parent, extra)
-        print(f"wrote {path}")
-    return rows
 
 
 def _bench_parser(prog: str) -> argparse.ArgumentParser:
@@ -131,31 +81,9 @@ def export_main(argv: list[str]) -> None:
 
 
 def demo_main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="unidistill demo", description="distil the default task and compare")
-    p.add_argument("--config", default=str(DEMO_CONFIG))
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--samples", type=int, default=1000, help="reference samples scored per row")
-    p.add_argument("--teacher", nargs="*", default=["ddim:50", "dpm_solver_pp_2m:4", "dpm_solver_pp_2m:8"],
-                   help="teacher runs as SOLVER:NFE (a guided step costs 2 NFE)")
-    p.add_argument("--nfes", nargs="*", type=int, default=[1, 2, 4], help="student NFEs")
-    args, overrides = p.parse_known_args(argv)
-    if not Path(args.config).is_file():
-        raise FileNotFoundError(f"demo config not found at {args.config!r}; run from a source checkout")
-    cli = UnidistillCLI(args=["fit", "--config", args.config, f"--trainer.default_root_dir={args.out}", *overrides])
-    module, dm = cli.model, cli.datamodule
-    print(f"\nteacher vs student ({type(module.objective).__name__}, {module.modality.name}):")
-    run_bench(module, dm, args.teacher, args.nfes, args.samples, 1, str(Path(args.out) / "demo.json"),
-              "unidistill demo " + " ".join(argv), timing_batch=64, timing_repeats=3)
-    x, cond = reference_batch(module, dm, 10)
-    shown: dict[str, torch.Tensor] = {}
-    for spec in args.teacher[:1]:
-        solver, _, nfe = spec.partition(":")
-        shown[f"teacher {solver} {nfe} NFE"] = module.sample_teacher(cond, x.shape[0], int(nfe),
-                                                                     torch.Generator().manual_seed(0), solver=solver).x
-    for nfe in args.nfes:
-        shown[f"student {nfe} NFE"] = module.sample_student(cond, x.shape[0], nfe, torch.Generator().manual_seed(0)).x
-    for f in module.modality.save_comparison(shown, cond, Path(args.out) / "comparison"):
-        print(f"wrote {f}")
+    from unidistill.demo import main as demo
+
+    demo(argv)
 
 
 def regress_main(argv: list[str]) -> None:

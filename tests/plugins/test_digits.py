@@ -122,3 +122,26 @@ def test_latent_variant_encodes_through_the_shipped_vae(tmp_path):
     scale = vae.config.scaling_factor
     assert torch.allclose(batch.x0, z[:2] * scale, atol=1e-5)
     assert torch.allclose(modality.decode(batch.x0), rec[:2].clamp(-1, 1), atol=1e-4)
+
+
+def test_demo_uses_a_verified_teacher_reference_and_detects_a_stale_one(tmp_path, capsys):
+    ref = tmp_path / "teacher_reference.json"
+    common = ["--samples", "24", "--teacher", "ddim:8", "--nfes", "1", "--teacher-reference", str(ref)]
+    main(["demo", *common, "--write-teacher-reference", "--check-samples", "8"])
+    stored = json.loads(ref.read_text())
+    assert stored["samples"] == 24 and stored["check"]["samples"] == 8 and len(stored["teacher"]) == 64
+    fit = ["--trainer.max_steps=2", "--data.init_args.batch_size=4", "--trainer.logger=false"]
+    main(["demo", "--out", str(tmp_path / "a"), *common, *fit])
+    out = capsys.readouterr().out
+    assert "shipped teacher numbers verified on 8 samples" in out and "where the time went" in out
+    demo = json.loads((tmp_path / "a" / "demo.json").read_text())
+    teacher = demo["rows"][0]
+    assert teacher["quality_from"] == str(ref)
+    assert teacher["fd_digits"] == stored["runs"]["ddim:8"]["metrics"]["fd_digits"]
+    assert set(demo["phases_minutes"]) >= {"distillation (unidistill fit)", "teacher and student tables"}
+
+    stored["check"]["runs"]["ddim:8"]["metrics"]["fd_digits"] *= 2  # the file no longer matches this teacher
+    ref.write_text(json.dumps(stored))
+    main(["demo", "--out", str(tmp_path / "b"), *common, *fit])
+    assert "is stale: teacher ddim:8 fd_digits" in capsys.readouterr().out
+    assert "quality_from" not in json.loads((tmp_path / "b" / "demo.json").read_text())["rows"][0]
