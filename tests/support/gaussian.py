@@ -27,7 +27,7 @@ def posterior_x0(path: Path, x: Tensor, t: Tensor, mean: Tensor | float, c: floa
 
 
 def flow_map(path: Path, x: Tensor, t: Tensor, s: Tensor, mean: Tensor | float, c: float) -> Tensor:
-    """The exact PF-ODE solution from ``(x, t)`` to time ``s``: it keeps ``(x - alpha m)/sqrt(alpha^2 c^2 + sigma^2)``."""
+    """The exact PF-ODE solution from ``(x, t)`` to time ``s``; it keeps ``(x - alpha m) / sqrt(alpha^2 c^2 + s^2)``."""
     a_t, s_t = expand_like(path.alpha(t), x), expand_like(path.sigma(t), x)
     a_s, s_s = expand_like(path.alpha(s), x), expand_like(path.sigma(s), x)
     return a_s * mean + torch.sqrt(a_s**2 * c**2 + s_s**2) * (x - a_t * mean) / torch.sqrt(a_t**2 * c**2 + s_t**2)
@@ -119,7 +119,9 @@ class Recorder(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: object = None, guidance: Tensor | None = None) -> Prediction:
         out = self.inner(x, t, cond, guidance)
-        self.calls.append((x.detach().clone(), t.detach().clone(), cond, guidance, Prediction(*(o.detach() for o in out))))
+        self.calls.append(
+            (x.detach().clone(), t.detach().clone(), cond, guidance, Prediction(*(o.detach() for o in out)))
+        )
         return out
 
     def velocity(self, x: Tensor, t: Tensor, cond: object = None, guidance: Tensor | None = None) -> Tensor:

@@ -61,8 +61,14 @@ def _env(copy: Path) -> dict[str, str]:
 
 def check_import(copy: Path, python: str = sys.executable) -> None:
     """The copy, not the working tree (or an editable install), is what ``import unidistill`` finds."""
-    out = subprocess.run([python, "-P", "-c", "import unidistill; print(unidistill.__file__)"], cwd=ROOT,
-                         env=_env(copy), capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [python, "-P", "-c", "import unidistill; print(unidistill.__file__)"],
+        cwd=ROOT,
+        env=_env(copy),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     if not Path(out).resolve().is_relative_to(copy.resolve()):
         raise RuntimeError(f"the mutated copy is not imported: unidistill resolves to {out}, not under {copy}")
 
@@ -116,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         r = run_mutation(m, tuple(args.tests) if args.tests else None, args.timeout)
         results.append(r)
         verdict = "killed  " if r.killed else "SURVIVED"
-        print(f"[{i:>2}/{len(chosen)}] {verdict} {r.seconds:5.0f}s  {m.file}: {m.description}  ({r.detail})",
-              flush=True)
+        print(
+            f"[{i:>2}/{len(chosen)}] {verdict} {r.seconds:5.0f}s  {m.file}: {m.description}  ({r.detail})", flush=True
+        )
     killed = sum(r.killed for r in results)
     print(f"\nkill rate: {killed}/{len(results)} = {killed / max(1, len(results)):.0%}")
     for r in results:

@@ -79,9 +79,11 @@ def scm_expected(obj: ContinuousConsistency, student, b: Batch, c, r: float, log
     dfdt = (f(x + h * v, t + h) - f(x - h * v, t - h)) / (2 * h)
     cos = expand_like(torch.cos(t), x)
     full = cos * dfdt
-    keep = -cos**2 * (OnPath(student, trig).velocity(x, t, b.cond) - v)
+    keep = -(cos**2) * (OnPath(student, trig).velocity(x, t, b.cond) - v)
     g_t = keep + r * (full - keep)
-    norm = g_t.pow(2).sum(1, keepdim=True).sqrt() if obj.tangent_norm == "l2" else g_t.pow(2).mean(1, keepdim=True).sqrt()
+    norm = (
+        g_t.pow(2).sum(1, keepdim=True).sqrt() if obj.tangent_norm == "l2" else g_t.pow(2).mean(1, keepdim=True).sqrt()
+    )
     d = (g_t / (norm + obj.tangent_norm_c)).pow(2).mean(1)
     w = 1 / (sd * torch.tan(t)) if obj.prior_weighting else torch.ones_like(t)
     return (math.exp(-logvar) * w * d + logvar).mean()
@@ -101,11 +103,15 @@ def test_scm_loss_vanishes_for_the_exact_consistency_function(tangent):
     assert float(out.loss) < 1e-12 and float(out.logs["distance"]) < 1e-12
 
 
-@pytest.mark.parametrize("kw", [
-    dict(adaptive_weighting=False),
-    dict(adaptive_weighting=False, tangent_norm="rms", prior_weighting=False),
-    dict(adaptive_weighting=True),
-], ids=["l2+prior", "rms", "logvar"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(adaptive_weighting=False),
+        dict(adaptive_weighting=False, tangent_norm="rms", prior_weighting=False),
+        dict(adaptive_weighting=True),
+    ],
+    ids=["l2+prior", "rms", "logvar"],
+)
 @pytest.mark.parametrize("iteration", [4, 10], ids=["warming", "warm"])
 def test_scm_loss_of_a_perturbed_student_is_the_predicted_value(kw, iteration):
     obj, student, roles = scm_setup(0.2, tangent_warmup=8, **kw)
@@ -197,8 +203,15 @@ def test_consistency_loss_is_the_distance_to_the_target_after_one_guided_teacher
     path = RectifiedFlow()
     cls = PhasedConsistencyDistillation if phases > 1 else ConsistencyDistillation
     kw = {"num_phases": phases} if phases > 1 else {}
-    obj = cls(num_intervals=10, skip=2, guidance_scale=W, distance=distance, boundary_scale=10.0,
-              **({"huber_c": 0.1} if distance == "pseudo_huber" else {}), **kw)
+    obj = cls(
+        num_intervals=10,
+        skip=2,
+        guidance_scale=W,
+        distance=distance,
+        boundary_scale=10.0,
+        **({"huber_c": 0.1} if distance == "pseudo_huber" else {}),
+        **kw,
+    )
     student = Recorder(Denoiser(ConsistencyNet(path, M, C, W, 0.1), path, "x0"))
     target = Recorder(Denoiser(ConsistencyNet(path, M, C, W, -0.1), path, "x0"))
     b = batch()
@@ -221,5 +234,6 @@ def test_consistency_loss_is_the_distance_to_the_target_after_one_guided_teacher
     torch.testing.assert_close(loss, expected.mean())
     if phases > 1:
         assert (edge > 0).any() and (edge == 0).any()
-        torch.testing.assert_close(obj.lower_edge(path, torch.tensor([0.3, 0.5, 0.6, 1.0])),
-                                   torch.tensor([0.0, 0.0, 0.5, 0.5]))
+        torch.testing.assert_close(
+            obj.lower_edge(path, torch.tensor([0.3, 0.5, 0.6, 1.0])), torch.tensor([0.0, 0.0, 0.5, 0.5])
+        )
