@@ -8,6 +8,9 @@ map, consistency function and average velocity are all closed forms. Everything 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -110,6 +113,11 @@ class Recorder(nn.Module):
     def prediction(self) -> str:
         return self.inner.prediction
 
+    @property
+    def network(self) -> nn.Module:
+        """The wrapped network (feature hooks and the causal contract are found there)."""
+        return getattr(self.inner, "network", self.inner)
+
     nfe_per_call = 1
 
     def raw(self, x: Tensor, t: Tensor, cond: object = None, guidance: Tensor | None = None) -> Tensor:
@@ -126,3 +134,36 @@ class Recorder(nn.Module):
 
     def velocity(self, x: Tensor, t: Tensor, cond: object = None, guidance: Tensor | None = None) -> Tensor:
         return self.path.velocity(*self(x, t, cond, guidance), t)
+
+
+class CausalGaussianNet(GaussianTeacherNet):
+    """The exact teacher frame by frame (frames are independent Gaussians) behind the ``CausalNetwork`` contract of
+    ``unidistill.causal``; it records what a ``storing()`` call writes as context (it never reads the cache)."""
+
+    def __init__(self, path: Path, m: float = 0.3, c: float = 0.5, chunk_size: int = 2) -> None:
+        super().__init__(path, m, c)
+        self.causal, self.chunk_size, self.cache_window = True, chunk_size, None
+        self.stored: list[Tensor] = []
+        self._store = False
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None, guidance: Tensor | None = None) -> Tensor:
+        if self._store:
+            self.stored.append(x.detach().clone())
+        return super().forward(x, t, cond, guidance)
+
+    def reset_cache(self) -> None:
+        self.stored.clear()
+
+    def clear_cache(self) -> None:
+        pass
+
+    @contextmanager
+    def storing(self, frames: int | None = None) -> Iterator[None]:
+        self._store = True
+        try:
+            yield
+        finally:
+            self._store = False
+
+    def cached_frames(self) -> int:
+        return sum(s.shape[1] for s in self.stored)

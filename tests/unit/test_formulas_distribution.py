@@ -300,7 +300,6 @@ class FeatureTeacherNet(GaussianTeacherNet):
 def adversarial_setup(**kw):
     torch.manual_seed(0)
     teacher = Recorder(freeze(Denoiser(FeatureTeacherNet(), RF, "x0")))
-    teacher.network = teacher.inner.network  # features are hooked on the network itself
     obj = AdversarialDistillation(feature_layers=["blocks.0"], head_hidden=8, guidance_scale=W, **kw)
     student = ParamStudent()
     disc = obj.build_roles(student, teacher)["discriminator"]

@@ -166,7 +166,7 @@ def test_trajectory_regression_sees_the_teachers_ode_state_at_its_grid_time_and_
     torch.testing.assert_close(loss, expected, atol=0, rtol=1e-3)
 
 
-# --- teacher training --------------------------------------------------------------------------------------------------
+# --- teacher training -------------------------------------------------------------------------------------------------
 def test_condition_dropout_replaces_the_condition_by_the_null_one_for_its_share():
     path = RectifiedFlow()
     s = student(path)
