@@ -60,17 +60,15 @@ def _env(copy: Path) -> dict[str, str]:
 
 
 def check_import(copy: Path, python: str = sys.executable) -> None:
-    """The copy, not the working tree (or an editable install), is what ``import unidistill`` finds."""
+    """The copy, not the working tree (or an editable install), is what ``import unidistill`` finds. ``unidistill``
+    is a namespace package, so its modules are checked: the copy must come first on its path."""
+    code = "import unidistill.paths as p, unidistill.objectives.dmd as d; print(p.__file__); print(d.__file__)"
     out = subprocess.run(
-        [python, "-P", "-c", "import unidistill; print(unidistill.__file__)"],
-        cwd=ROOT,
-        env=_env(copy),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    if not Path(out).resolve().is_relative_to(copy.resolve()):
-        raise RuntimeError(f"the mutated copy is not imported: unidistill resolves to {out}, not under {copy}")
+        [python, "-P", "-c", code], cwd=ROOT, env=_env(copy), capture_output=True, text=True, check=True
+    ).stdout.split()
+    wrong = [f for f in out if not Path(f).resolve().is_relative_to(copy.resolve())]
+    if wrong:
+        raise RuntimeError(f"the mutated copy is not imported: {wrong} are not under {copy}")
 
 
 def run_tests(copy: Path, tests: tuple[str, ...], timeout: float, python: str = sys.executable) -> tuple[int, str]:
