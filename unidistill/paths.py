@@ -89,6 +89,13 @@ class Path(ABC):
         """``log(alpha / sigma)`` (half the log-SNR), the time variable of DPM-Solver."""
         return torch.log(self.alpha(t).clamp_min(_EPS)) - torch.log(self.sigma(t).clamp_min(_EPS))
 
+    def time_at(self, u: Tensor) -> Tensor:
+        """The time at position ``u`` in ``[0, 1]`` of the path's range (0 = the data end, 1 = ``t_max``).
+
+        Linear here. Fraction-based time samplers (``unidistill.timesteps``) and training grids go through it,
+        so a path whose natural discretisation is not uniform in ``t`` (EDM's Karras schedule) gets its own."""
+        return u * self.t_max
+
     def time_grid(self, steps: int, t_start: float | None = None, device: Any = None) -> Tensor:
         """``steps + 1`` decreasing times from ``t_start`` (default ``t_max``) to exactly 0."""
         if steps < 1:
@@ -279,12 +286,20 @@ class VPDiscrete(Path):
 
 
 class EDM(Path):
-    """Variance-exploding path of EDM (Karras et al., 2022): ``alpha = 1``, ``sigma = t``, ``t`` in ``[0, sigma_max]``.
+    """Variance-exploding path of EDM (Karras et al., 2022, "Elucidating the Design Space of Diffusion-Based
+    Generative Models"): ``alpha = 1``, ``sigma = t``, ``t`` in ``[0, sigma_max]``.
 
-    ``time_grid`` is the Karras rho-schedule ending exactly at 0.
+    Positions in the range are Karras rho-schedule positions (``time_at``): ``u`` in ``[0, 1]`` maps to
+    ``(sigma_min^(1/rho) + u (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho``, so a uniform fraction sampler draws
+    uniformly over the Karras index, as DMD2's EDM code does (median sigma about 2.5 for ``sigma_max = 80``).
+    ``time_grid(n)`` is ``n + 1`` evenly spaced Karras positions from ``sigma_max`` down, the last (``sigma_min``)
+    replaced by exactly 0 (FastGen's ``get_t_list``): nested, ``time_grid(2n)[::2] == time_grid(n)``, which
+    progressive distillation needs, and a 2-step grid ``[80, 2.5, 0]`` rather than ``[80, 0.002, 0]``.
     """
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5, rho: float = 7.0):
+        if not 0.0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.sigma_min, self.sigma_data, self.rho = sigma_min, sigma_data, rho
         self.t_max = sigma_max
 
@@ -303,14 +318,22 @@ class EDM(Path):
     def t_from_noise_ratio(self, ratio: Tensor) -> Tensor:
         return ratio
 
+    def _karras(self, u: Tensor, top: float) -> Tensor:
+        lo, hi = self.sigma_min ** (1 / self.rho), top ** (1 / self.rho)
+        return (lo + u * (hi - lo)) ** self.rho
+
+    def time_at(self, u: Tensor) -> Tensor:
+        return self._karras(u, self.t_max)
+
     def time_grid(self, steps: int, t_start: float | None = None, device: Any = None) -> Tensor:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        hi = (self.t_max if t_start is None else t_start) ** (1 / self.rho)
-        lo = self.sigma_min ** (1 / self.rho)
-        ramp = torch.linspace(0, 1, steps, dtype=torch.float64, device=device)
-        sig = (hi + ramp * (lo - hi)) ** self.rho
-        return torch.cat([sig, sig.new_zeros(1)])
+        # i / steps, not linspace: exactly the same positions for 2 * steps at every even index
+        u = 1 - torch.arange(steps + 1, dtype=torch.float64, device=device) / steps
+        top = self.t_max if t_start is None else t_start
+        sig = self._karras(u, top)
+        sig[0], sig[-1] = top, 0.0
+        return sig
 
     def __repr__(self) -> str:
         return f"EDM(sigma_max={self.t_max}, sigma_data={self.sigma_data})"

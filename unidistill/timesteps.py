@@ -1,8 +1,11 @@
 """Training-time distributions over the path's time axis.
 
 Each sampler draws ``n`` times for a given path from a caller-owned ``torch.Generator`` (so draws are
-reproducible and checkpointable). Distributions stated in sigma/SNR terms (EDM log-normal) are mapped
-onto any path through ``path.t_from_noise_ratio``, so the same config works for every path.
+reproducible and checkpointable). A draw is a fraction ``u`` of the path's range, placed by ``path.time_at(u)``:
+linear in ``t`` on most paths, the Karras rho-schedule position on EDM, so ``UniformTime(0.02, 0.98)`` is DMD2's
+``U[2%, 98%]`` Karras index there rather than uniform in sigma (docs/formulations.md §1.5). Distributions stated in
+sigma/SNR terms (EDM log-normal) are mapped onto any path through ``path.t_from_noise_ratio``, so the same config
+works for every path.
 """
 
 from __future__ import annotations
@@ -28,14 +31,16 @@ class TimeSampler:
             raise ValueError(f"need 0 <= t_min < t_max <= 1 (fractions of the path's range), got {t_min}, {t_max}")
         self.t_min, self.t_max = t_min, t_max
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
     def unit(self, n: int, generator: torch.Generator | None) -> Tensor:
         """Draws in ``[0, 1]`` before rescaling to the path's range."""
         return torch.rand(n, generator=generator, dtype=torch.float64, device=_device(generator))
 
     def __call__(self, path: Path, n: int, generator: torch.Generator | None = None) -> Tensor:
         u = self.unit(n, generator)
-        frac = self.t_min + (self.t_max - self.t_min) * u
-        return (frac * path.t_max).float()
+        return path.time_at(self.t_min + (self.t_max - self.t_min) * u).float()
 
 
 class UniformTime(TimeSampler):
@@ -80,8 +85,8 @@ class LogNormalSigmaTime(TimeSampler):
         self.p_mean, self.p_std = p_mean, p_std
 
     def __call__(self, path: Path, n: int, generator: torch.Generator | None = None) -> Tensor:
-        lo_t = torch.tensor(max(self.t_min * path.t_max, 1e-6), dtype=torch.float64)
-        hi_t = torch.tensor(self.t_max * path.t_max * (1 - 1e-6), dtype=torch.float64)
+        lo_t = path.time_at(torch.tensor(self.t_min, dtype=torch.float64)).clamp_min(1e-6)
+        hi_t = path.time_at(torch.tensor(self.t_max, dtype=torch.float64)) * (1 - 1e-6)
         lo, hi = (torch.log(path.noise_ratio(x)) for x in (lo_t, hi_t))
         normal = torch.distributions.Normal(self.p_mean, self.p_std)
         c_lo, c_hi = normal.cdf(lo), normal.cdf(hi)

@@ -69,7 +69,7 @@ def test_consistency_target_at_the_lowest_interval_is_the_teacher_step():
     obj = ConsistencyDistillation(num_intervals=1, skip=1, target_decay=0.0)
     x0 = torch.randn(3, 6)
     ctx = _ctx({"teacher": teacher}, (6,))
-    t_hi, t_lo = obj.draw_times(3, 1.0, ctx)
+    t_hi, t_lo = obj.draw_times(3, teacher.path, ctx)
     assert torch.equal(t_hi, torch.ones(3)) and torch.equal(t_lo, torch.zeros(3))
     x_hi = torch.randn(3, 6)
     x_lo = obj.teacher_step(ctx, x_hi, t_hi, t_lo, None, torch.ones(3))

@@ -81,7 +81,7 @@ def test_objective_contract(case, shape):
 # --- phased consistency ----------------------------------------------------------------------
 @pytest.mark.parametrize("guided", [False, True])
 def test_phased_single_phase_equals_consistency_distillation(guided):
-    kw = dict(num_intervals=10, skip=2, guidance_range=(1.0, 4.0) if guided else None, guidance_scale=2.0)
+    kw = dict(num_intervals=10, skip=2, **({"guidance_range": (1.0, 4.0)} if guided else {"guidance_scale": 2.0}))
     shape = (3, 8, 8)
     roles = make_roles()
     batch = make_batch(shape)

@@ -172,13 +172,21 @@ def test_time_grid_and_log_snr(name):
     torch.testing.assert_close(path.log_snr(t), torch.log(path.alpha(t) / path.sigma(t)))
 
 
-def test_edm_time_grid_is_karras():
+def test_edm_time_grid_is_nested_karras_ending_at_zero():
+    """n + 1 evenly spaced Karras positions from sigma_max, the last (sigma_min) replaced by 0 (FastGen's t_list), so
+    the 2n-step grid holds the n-step one; time_at is the same Karras position map."""
     path = EDM(sigma_min=0.002, sigma_max=80.0, rho=7.0)
     grid = path.time_grid(5)
-    ramp = torch.linspace(0, 1, 5, dtype=torch.float64)
+    ramp = torch.arange(6, dtype=torch.float64) / 5
     karras = (80.0 ** (1 / 7) + ramp * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
-    torch.testing.assert_close(grid[:-1], karras)
-    assert float(grid[-2]) == pytest.approx(0.002) and float(grid[-1]) == 0.0
+    torch.testing.assert_close(grid[:-1], karras[:-1])
+    assert float(grid[0]) == 80.0 and float(grid[-1]) == 0.0
+    for n in (1, 2, 4, 8, 16, 32):
+        assert torch.equal(path.time_grid(2 * n)[::2], path.time_grid(n))
+    torch.testing.assert_close(path.time_at(1 - ramp[:-1]), grid[:-1])
+    assert float(path.time_at(torch.tensor(0.0, dtype=torch.float64))) == pytest.approx(0.002)
+    torch.testing.assert_close(path.time_grid(2), torch.tensor([80.0, 2.5152, 0.0], dtype=torch.float64), atol=1e-4,
+                               rtol=0)
 
 
 def test_vp_discrete_time_mapping():
@@ -355,10 +363,12 @@ def test_time_samplers_stay_in_range_and_reproduce(path_name, sampler_name, lo, 
     sampler = SAMPLERS[sampler_name](lo, hi)
     t = sampler(path, 4096, torch.Generator().manual_seed(9))
     assert t.shape == (4096,) and t.dtype == torch.float32
+    # fractions of the range are placed by path.time_at (linear, or EDM's Karras positions)
+    t_lo, t_hi = (float(path.time_at(torch.tensor(u, dtype=torch.float64))) for u in (lo, hi))
     tol = 1e-6 * path.t_max
-    assert float(t.min()) >= lo * path.t_max - tol
-    assert float(t.max()) <= hi * path.t_max + tol
-    assert float(t.std()) > 0.01 * (hi - lo) * path.t_max  # not collapsed onto a point
+    assert float(t.min()) >= t_lo - tol
+    assert float(t.max()) <= t_hi + tol
+    assert float(t.std()) > 0.01 * (t_hi - t_lo)  # not collapsed onto a point
     assert torch.equal(t, sampler(path, 4096, torch.Generator().manual_seed(9)))
     assert not torch.equal(t, sampler(path, 4096, torch.Generator().manual_seed(10)))
 

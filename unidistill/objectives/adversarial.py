@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from unidistill.objectives.base import Batch, Context, LossOutput, Objective, Unsupported
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective, Unsupported, check_choice, refuse_unused
 from unidistill.objectives.dmd import student_sample
 from unidistill.objectives.fake_score import (
     FeatureHead,
@@ -116,6 +116,13 @@ class AdversarialDistillation(Objective):
             raise ValueError("AdversarialDistillation needs at least one teacher feature layer name")
         if discriminator_updates_per_student < 1 or student_steps < 1:
             raise ValueError("discriminator_updates_per_student and student_steps must be >= 1")
+        check_choice(self.name, "head_pooling", head_pooling, FeatureHead.POOLINGS)
+        if feature_channels is not None and len(feature_channels) != len(feature_layers):
+            raise ValueError(f"{self.name}: feature_channels {feature_channels} must give one channel count per "
+                             f"feature layer {feature_layers}")
+        if distill_weight == 0:
+            refuse_unused(self.name, "distill_time", distill_time, None,
+                          "with distill_weight=0 (it draws the score-distillation term's time)")
         self.feature_layers, self.feature_channels = list(feature_layers), feature_channels
         self.channel_axis, self.head_hidden, self.head_pooling = feature_channel_axis, head_hidden, head_pooling
         self.gan_time = gan_time or LogitNormalTime(mean=1.0, std=1.0, t_min=1e-3)

@@ -183,6 +183,19 @@ class Objective:
         return {cls.__name__: cls.tiny(modality)}
 
 
+def refuse_unused(owner: str, option: str, value: Any, default: Any, reason: str) -> None:
+    """Refuse a non-default ``value`` of ``option`` that the rest of the configuration makes meaningless: it would
+    be silently ignored (e.g. ``huber_c`` with the ``l2`` distance), which hides a typo or a wrong assumption."""
+    if value != default:
+        raise ValueError(f"{owner}: {option}={value!r} has no effect {reason}; remove it (its default is {default!r})")
+
+
+def check_choice(owner: str, option: str, value: Any, valid: tuple[Any, ...]) -> None:
+    """Refuse an unknown value of an option with a closed set of choices at construction, not at the first step."""
+    if value not in valid:
+        raise ValueError(f"{owner}: unknown {option} {value!r}; valid: {', '.join(map(repr, valid))}")
+
+
 def update_roles(update: str) -> tuple[str, ...]:
     """The roles whose optimizers one planned update steps (``"student+logvar"`` -> both)."""
     return tuple(update.split("+"))

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from unidistill.cache import TeacherCache
 from unidistill.causal import causal_network
-from unidistill.objectives.base import Batch, Context, LossOutput, Objective
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective, refuse_unused
 from unidistill.objectives.dmd import DMD2, FakeScoreOptions
 from unidistill.objectives.losses import squared_error
 from unidistill.objectives.rollout import ChunkRollout, rollout
@@ -83,10 +83,19 @@ class CausVid(DMD2):
         if regression_iterations < 0 or not 0.0 <= context_time < 1.0:
             raise ValueError(f"need regression_iterations >= 0 and context_time in [0, 1), got "
                              f"{regression_iterations}, {context_time}")
+        if regression_iterations == 0 or cache is not None:
+            why = ("with regression_iterations=0 (no ODE-regression stage)" if regression_iterations == 0
+                   else "with a cache (the regression pairs are read from it, not solved)")
+            refuse_unused(self.name, "regression_teacher_steps", regression_teacher_steps, 16, why)
+            refuse_unused(self.name, "regression_solver", regression_solver, "heun", why)
+        if regression_iterations == 0:
+            refuse_unused(self.name, "cache", cache, None,
+                          "with regression_iterations=0 (it serves the ODE regression)")
         self.reg_iterations, self.context_time = regression_iterations, context_time
         self.fake_causal = fake_score_causal
-        self.ode = TrajectoryRegression(student_steps, regression_teacher_steps, regression_solver, guidance_scale,
-                                        cache=cache)
+        solve = {} if cache is not None else {"teacher_steps": regression_teacher_steps,
+                                              "teacher_solver": regression_solver, "guidance_scale": guidance_scale}
+        self.ode = TrajectoryRegression(student_steps, cache=cache, **solve)
 
     @property
     def student_solver_kwargs(self) -> dict[str, Any]:

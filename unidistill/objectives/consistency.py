@@ -4,7 +4,8 @@ Song et al., 2023, "Consistency Models" (consistency distillation, boundary para
 sampling) and Luo et al., 2023, "Latent Consistency Models" (guidance-scale-conditioned student,
 skipping-step teacher solver, EMA target). Per iteration:
 
-1. draw a grid index ``n`` and set ``t_hi = n d``, ``t_lo = (n - skip) d`` on a grid of ``num_intervals``;
+1. draw a grid index ``n`` of the increasing grid ``path.time_grid(num_intervals)`` (uniform in ``t``; Karras on EDM)
+   and set ``t_hi = grid[n]``, ``t_lo = grid[n - skip]``;
 2. noise real data to ``x_hi``; take one guided teacher ODE step ``x_hi -> x_lo`` under ``no_grad``;
 3. regress ``f_theta(x_hi, t_hi, w)`` on the EMA target ``f_theta-(x_lo, t_lo, w)``.
 
@@ -20,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from unidistill.denoiser import GuidedDenoiser
-from unidistill.objectives.base import Batch, Context, LossOutput, Objective
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective, check_choice, refuse_unused
 from unidistill.objectives.losses import distance
-from unidistill.paths import Prediction, expand_like
+from unidistill.paths import Path, Prediction, expand_like
 from unidistill.solvers import ode_step
 
 
@@ -80,6 +81,14 @@ class ConsistencyDistillation(Objective):
     ) -> None:
         if num_intervals < 1 or not 1 <= skip <= num_intervals:
             raise ValueError(f"need num_intervals >= 1 and 1 <= skip <= num_intervals, got {num_intervals}, {skip}")
+        check_choice(self.name, "distance", distance, ("l2", "pseudo_huber"))
+        check_choice(self.name, "teacher_solver", teacher_solver, ("ddim", "heun"))
+        check_choice(self.name, "student_steps_renoise", student_steps_renoise, ("sde", "ode"))
+        if distance == "l2":
+            refuse_unused(self.name, "huber_c", huber_c, 1e-3, "with distance='l2' (it is pseudo-Huber's constant)")
+        if guidance_range is not None:
+            refuse_unused(self.name, "guidance_scale", guidance_scale, 1.0,
+                          f"with guidance_range={guidance_range} (the scale is drawn from the range per sample)")
         self.num_intervals, self.skip = num_intervals, skip
         self.guidance_scale, self.guidance_range = guidance_scale, guidance_range
         self.distance, self.huber_c = distance, huber_c
@@ -95,10 +104,12 @@ class ConsistencyDistillation(Objective):
     def student_solver_kwargs(self) -> dict[str, Any]:
         return {"renoise": self.renoise} if self.student_solver == "consistency" else {}
 
-    def draw_times(self, n: int, t_max: float, ctx: Context) -> tuple[Tensor, Tensor]:
+    def draw_times(self, n: int, path: Path, ctx: Context) -> tuple[Tensor, Tensor]:
+        """``t_hi`` on the training grid ``path.time_grid(num_intervals)`` (uniform in ``t``; Karras on EDM, so the
+        smallest non-zero time is small, as in "Consistency Models") and ``t_lo``, ``skip`` grid points below it."""
+        grid = path.time_grid(self.num_intervals, device=ctx.device).flip(0).to(ctx.dtype)
         idx = torch.randint(self.skip, self.num_intervals + 1, (n,), generator=ctx.generator).to(ctx.device)
-        d = t_max / self.num_intervals
-        return (idx * d).to(ctx.dtype), ((idx - self.skip) * d).to(ctx.dtype)
+        return grid[idx], grid[idx - self.skip]
 
     def draw_guidance(self, n: int, ctx: Context) -> tuple[Tensor, Tensor | None]:
         return ctx.guidance(n, self.guidance_scale, self.guidance_range)
@@ -118,7 +129,7 @@ class ConsistencyDistillation(Objective):
         if batch.x0 is None:
             raise ValueError(f"{self.name} needs data (batch.x0) to noise; got a data-free batch")
         student, path = ctx.student, ctx.student.path
-        t_hi, t_lo = self.draw_times(batch.size, path.t_max, ctx)
+        t_hi, t_lo = self.draw_times(batch.size, path, ctx)
         w, w_in = self.draw_guidance(batch.size, ctx)
         x_hi = path.add_noise(batch.x0, ctx.randn(batch.x0.shape), t_hi)
         edge = self.landing_time(path, t_hi)

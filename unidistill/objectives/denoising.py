@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from unidistill.objectives.base import Batch, Context, LossOutput, Objective
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective, refuse_unused
 from unidistill.objectives.losses import squared_error
 from unidistill.paths import check_prediction_type
 from unidistill.timesteps import TimeSampler, UniformTime
@@ -61,6 +61,9 @@ class DenoisingObjective(Objective):
         self.time_sampler = time_sampler or UniformTime(t_min=1e-3)
         self.cond_dropout = cond_dropout
         self.loss_space = None if loss_space is None else check_prediction_type(loss_space)
+        if self.loss_space is None:
+            refuse_unused(self.name, "loss_time_floor", loss_time_floor, 0.05,
+                          "without loss_space (the loss is taken in the network's own prediction space)")
         self.loss_time_floor = loss_time_floor
 
     def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from unidistill.denoiser import combine_guidance
-from unidistill.objectives.base import Batch, Context, LossOutput, Objective
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective, check_choice, refuse_unused
 from unidistill.objectives.fake_score import FakeScore, build_fake_score, frozen_params, on_device
 from unidistill.objectives.losses import (
     gradient_surrogate,
@@ -56,12 +56,24 @@ F_DIVERGENCES = {
 }
 
 
-def f_divergence_weight(logits: Tensor, kind: str) -> Tensor:
+def f_divergence_weight(logits: Tensor, kind: str, position: Tensor | None = None, bins: int = 0) -> Tensor:
     """Per-sample ``h(r)`` from discriminator logits (``log p_real/p_fake`` under the logistic loss),
-    ``r = exp(clamp(logit, -10, 10))`` clamped to ``[0.1, 20]``, normalised by the batch mean."""
+    ``r = exp(clamp(logit, -10, 10))`` clamped to ``[0.1, 20]``, normalised by the batch mean.
+
+    With ``bins > 0`` the ratio is first divided by its mean over the samples of the batch whose noise level falls
+    in the same of ``bins`` equal bins of ``position`` (``t / t_max`` in ``[0, 1]``): the per-time-bin normalisation
+    of FastGen's ``f_distill.py`` (``ratio_normalization``, 10 bins, ``ratio_ema_rate = 0``: its defaults), which
+    removes the discriminator's time-dependent calibration from ``r`` (docs/formulations.md §4.7)."""
     if kind not in F_DIVERGENCES:
         raise ValueError(f"unknown f_divergence {kind!r}; valid: {', '.join(F_DIVERGENCES)}")
     r = torch.exp(logits.detach().float().clamp(-10, 10)).clamp(0.1, 20.0)
+    if bins > 0:
+        if position is None:
+            raise ValueError("per-time-bin ratio normalisation needs the samples' noise positions")
+        idx = (position.detach().double() * bins).floor().long().clamp(0, bins - 1)
+        count = torch.bincount(idx, minlength=bins).float()
+        total = torch.bincount(idx, weights=r, minlength=bins).float()
+        r = r / (total / (count + 1e-6) + 1e-6)[idx]
     h = F_DIVERGENCES[kind](r)
     return h / (h.mean() + 1e-6)
 
@@ -107,6 +119,18 @@ class FakeScoreOptions:
     lora_targets: list[str] | str | None = None
     time: TimeSampler | None = None
     prediction: str = "native"
+
+
+def check_fake_score_options(owner: str, f: FakeScoreOptions) -> None:
+    """Refuse unknown choices and LoRA settings that a full fake-score copy would ignore."""
+    check_choice(owner, "fake_score.init", f.init, ("auto", "teacher", "student"))
+    check_choice(owner, "fake_score.memory", f.memory, ("full", "lora"))
+    check_choice(owner, "fake_score.prediction", f.prediction, ("native", "x0", "eps", "v", "flow"))
+    if f.memory == "full":
+        why = "with fake_score.memory='full' (a trainable copy; LoRA settings apply to memory='lora')"
+        refuse_unused(owner, "fake_score.lora_rank", f.lora_rank, 8, why)
+        refuse_unused(owner, "fake_score.lora_alpha", f.lora_alpha, None, why)
+        refuse_unused(owner, "fake_score.lora_targets", f.lora_targets, None, why)
 
 
 @dataclass
@@ -160,6 +184,8 @@ class DMD2(Objective):
       plain DMD).
     * ``f_divergence`` — f-distill weight ``h(r)`` (``reverse_kl`` = plain DMD, ``forward_kl``, ``js``, ...); any
       other than ``reverse_kl`` needs the ``gan`` head (its logits estimate the density ratio).
+    * ``f_ratio_bins`` — the density ratio is normalised per bin of the DM time (``f_divergence_weight``; 10 as
+      FastGen's f-distill, 0 = off).
     * ``teacher_offload`` — keep the teacher on the CPU between calls.
     """
 
@@ -192,6 +218,7 @@ class DMD2(Objective):
         regression: RegressionOptions | None = None,
         decoupled: DecoupledOptions | None = None,
         f_divergence: str = "reverse_kl",
+        f_ratio_bins: int = 10,
         teacher_offload: bool = False,
     ) -> None:
         if fake_updates_per_student < 1 or student_steps < 1:
@@ -205,11 +232,17 @@ class DMD2(Objective):
         self.guidance_scale, self.n_fake, self.student_steps = guidance_scale, fake_updates_per_student, student_steps
         self.dm_time = dm_time or UniformTime(0.02, 0.98)
         self.fake = fake_score or FakeScoreOptions()
+        check_fake_score_options(self.name, self.fake)
         self.fake_time = self.fake.time or UniformTime(1e-3, 1.0)
         self.gan, self.regression, self.decoupled = gan, regression, decoupled
         self.gan_time = (gan.time if gan is not None else None) or UniformTime(1e-3, 1.0)
         self.ca_time = (decoupled.ca_time if decoupled is not None else None) or UniformTime(0.02, 1.0)
-        self.f_divergence, self.teacher_offload = f_divergence, teacher_offload
+        if f_ratio_bins < 0:
+            raise ValueError(f"f_ratio_bins must be >= 0 (0 = no per-time-bin ratio normalisation), got {f_ratio_bins}")
+        if f_divergence == "reverse_kl":
+            refuse_unused(self.name, "f_ratio_bins", f_ratio_bins, 10,
+                          "with f_divergence='reverse_kl' (plain DMD: h = 1 whatever the density ratio)")
+        self.f_divergence, self.f_ratio_bins, self.teacher_offload = f_divergence, f_ratio_bins, teacher_offload
 
     # --- roles and plan ----------------------------------------------------------------------
     def build_roles(self, student: nn.Module, teacher: nn.Module | None) -> dict[str, nn.Module]:
@@ -259,7 +292,7 @@ class DMD2(Objective):
             g = g + d.ca_weight * g_ca
             logs["ca_norm"] = per_sample(g_ca.abs(), mask).mean()
         if logits is not None:
-            h = f_divergence_weight(logits, self.f_divergence)
+            h = f_divergence_weight(logits, self.f_divergence, t / teacher.path.t_max, self.f_ratio_bins)
             g = g * expand_like(h, g)
             logs["f_weight_max"] = h.max()
         # no sanitising: a non-finite teacher or fake score makes the loss non-finite, which the engine refuses

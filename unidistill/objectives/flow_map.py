@@ -10,8 +10,11 @@ MeanFlow identity used as a regression target (docs/formulations.md §3.6):
 
 with ``v`` the (guided) teacher velocity and the total derivative from one ``torch.func.jvp`` through the
 student with tangents ``(v, 1, 0)`` on ``(x, t, r)`` under ``no_grad`` (math SDPA kernel). A share
-``flow_ratio`` of each batch has ``r = t`` (plain velocity distillation, ``u = v``). Loss: per-sample MSE
-with MeanFlow's adaptive weight ``sg(1 / (mse + c)^p)``.
+``flow_ratio`` of each batch has ``r = t`` (plain velocity distillation, ``u = v``). Loss: MeanFlow's adaptively
+weighted squared error ``sg(1 / (d + c)^p) d`` with ``d = ||u - u_tgt||^2`` summed over the sample's elements, as the
+paper and FastGen take it (``c = 1e-3``, the paper's; FastGen's default is ``c = 0.1``). With ``p = 1`` the loss is
+``d / (d + c)``, whose gradient is ``2 (u - u_tgt) / (d + c)``: the weight normalises the error's size, so ``c`` is
+the squared error below which it stops doing so, for the whole sample (not per element).
 
 Adapter convention for ``r``: the student is an ordinary guidance-conditioned ``Denoiser`` and receives
 the interval length ``h = t - r`` through the ``guidance`` slot; ``u`` is the PF-ODE velocity read from
@@ -35,8 +38,8 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from unidistill.denoiser import GuidedDenoiser
-from unidistill.objectives.base import Batch, Context, LossOutput, Objective, Unsupported
-from unidistill.objectives.losses import squared_error
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective, Unsupported, refuse_unused
+from unidistill.objectives.losses import per_sample
 from unidistill.paths import expand_like
 from unidistill.timesteps import TimeSampler, UniformTime
 
@@ -88,6 +91,8 @@ class FlowMapDistillation(Objective):
                  adaptive_p: float = 1.0, adaptive_c: float = 1e-3, tangent_warmup: int = 0) -> None:
         if not 0.0 <= flow_ratio <= 1.0:
             raise ValueError(f"flow_ratio must be in [0, 1], got {flow_ratio}")
+        if adaptive_p == 0:
+            refuse_unused(self.name, "adaptive_c", adaptive_c, 1e-3, "with adaptive_p=0 (no adaptive weight)")
         self.guidance_scale, self.flow_ratio = guidance_scale, flow_ratio
         self.time_sampler = time_sampler or UniformTime(t_min=1e-3)
         self.adaptive_p, self.adaptive_c, self.tangent_warmup = adaptive_p, adaptive_c, tangent_warmup
@@ -123,6 +128,7 @@ class FlowMapDistillation(Objective):
             v = GuidedDenoiser(ctx.teacher, self.guidance_scale, ctx.null_condition).velocity(x_t, t, batch.cond)
         warm = 1.0 if self.tangent_warmup <= 0 else min(1.0, ctx.iteration / self.tangent_warmup)
         tgt = self.target(student, x_t, t, r, batch.cond, v, warm)
-        per = squared_error(average_velocity(student, x_t, t, r, batch.cond), tgt, batch.mask)
+        sq = (average_velocity(student, x_t, t, r, batch.cond) - tgt) ** 2
+        per = per_sample(sq, batch.mask, "sum")
         weight = (per.detach() + self.adaptive_c) ** -self.adaptive_p
-        return LossOutput((weight * per).mean(), {"mse": per.mean().detach()})
+        return LossOutput((weight * per).mean(), {"mse": per_sample(sq.detach(), batch.mask).mean()})

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from unidistill.objectives.base import refuse_unused
 from unidistill.objectives.consistency import ConsistencyDistillation
 from unidistill.paths import Path
 
@@ -43,10 +44,12 @@ class PhasedConsistencyDistillation(ConsistencyDistillation):
         return cls(num_phases=2, num_intervals=8, target_decay=0.9)
 
     def __init__(self, num_phases: int = 4, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
         if num_phases < 1:
             raise ValueError(f"num_phases must be >= 1, got {num_phases}")
         self.num_phases = num_phases
+        refuse_unused(self.name, "student_steps_renoise", kwargs.get("student_steps_renoise", "sde"), "sde",
+                      "(the phased student samples with deterministic DDIM phase jumps, it never re-noises)")
+        super().__init__(**kwargs)
 
     @property
     def name(self) -> str:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from unidistill.denoiser import GuidedDenoiser
-from unidistill.objectives.base import Batch, Context, LossOutput, Objective
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective, refuse_unused
 from unidistill.objectives.losses import squared_error
 from unidistill.paths import Path, expand_like
 from unidistill.solvers import ode_step
@@ -114,6 +114,13 @@ class ProgressiveDistillation(Objective):
             raise ValueError(f"phase_length must be >= 1, got {phase_length}")
         if weighting not in ("truncated_snr", "snr_plus_one", "none"):
             raise ValueError(f"unknown weighting {weighting!r}; valid: 'truncated_snr', 'snr_plus_one', 'none'")
+        if guidance_range is not None:
+            refuse_unused(self.name, "guidance_scale", guidance_scale, 1.0,
+                          f"with guidance_range={guidance_range} (the scale is drawn from the range per sample)")
+        elif guidance_scale == 1.0:
+            refuse_unused(self.name, "guidance_distill_iterations", guidance_distill_iterations, 0,
+                          "without guidance (guidance_scale=1, no guidance_range): stage 1 distils classifier-free "
+                          "guidance into the student")
         self.teacher_steps, self.final_steps, self.phase_length = teacher_steps, final_steps, phase_length
         self.guidance_scale, self.guidance_range = guidance_scale, guidance_range
         self.guidance_distill_iterations = guidance_distill_iterations
@@ -158,11 +165,13 @@ class ProgressiveDistillation(Objective):
         return pt
 
     def grid_times(self, path: Path, steps: int, n: int, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
-        """Random student intervals ``t -> t''`` on ``path.time_grid(steps)`` and their midpoints ``t'``."""
-        grid = path.time_grid(steps, device=ctx.device)
+        """Random student intervals ``t -> t''`` of ``steps`` steps and the teacher's point ``t'`` between them, all
+        on the teacher's own grid ``path.time_grid(2 steps)`` (``t, t', t'' = grid[2j], grid[2j + 1], grid[2j + 2]``).
+        Path grids are nested, so ``t`` and ``t''`` are the points of ``path.time_grid(steps)`` the student samples
+        with; on EDM's Karras grid ``t'`` is not the midpoint ``(t + t'')/2``."""
+        grid = path.time_grid(2 * steps, device=ctx.device).to(ctx.dtype)
         j = torch.randint(0, steps, (n,), generator=ctx.generator).to(ctx.device)
-        t, t_pp = grid[j], grid[j + 1]
-        return t.to(ctx.dtype), (0.5 * (t + t_pp)).to(ctx.dtype), t_pp.to(ctx.dtype)
+        return grid[2 * j], grid[2 * j + 1], grid[2 * j + 2]
 
     @torch.no_grad()
     def target(self, teacher: nn.Module, z_t: Tensor, t: Tensor, t_mid: Tensor, t_pp: Tensor, cond: Any,

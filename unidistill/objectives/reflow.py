@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from unidistill.cache import TeacherCache, solve_with_checkpoints
 from unidistill.denoiser import GuidedDenoiser
-from unidistill.objectives.base import Batch, Context, LossOutput, Objective
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective, check_choice, refuse_unused
 from unidistill.objectives.losses import distance, squared_error
 from unidistill.objectives.progressive import PhaseTeacher
 from unidistill.paths import Prediction
@@ -62,6 +62,20 @@ class Reflow(Objective):
         if rounds < 0 or round_length < 1 or distill_steps < 1:
             raise ValueError(f"need rounds >= 0, round_length >= 1, distill_steps >= 1; got {rounds}, "
                              f"{round_length}, {distill_steps}")
+        check_choice(self.name, "distance", distance, ("l2", "pseudo_huber"))
+        if distance == "l2":
+            refuse_unused(self.name, "huber_c", huber_c, 1e-3, "with distance='l2' (it is pseudo-Huber's constant)")
+        if rounds == 0:
+            refuse_unused(self.name, "time_sampler", time_sampler, None,
+                          "with rounds=0 (it draws the reflow rounds' times; k-step distillation uses the grid)")
+        if cache is not None:
+            refuse_unused(self.name, "guidance_scale", guidance_scale, 1.0,
+                          "with a cache (the teacher's couplings are the cached samples, whatever guidance made them)")
+            if rounds == 0:
+                why = "with a cache and rounds=0 (every coupling is a cached teacher sample)"
+                refuse_unused(self.name, "coupling_steps", coupling_steps, 32, why)
+                refuse_unused(self.name, "coupling_solver", coupling_solver, "heun", why)
+                refuse_unused(self.name, "num_couplings", num_couplings, None, why)
         self.rounds, self.round_length, self.distill_steps = rounds, round_length, distill_steps
         self.coupling_steps, self.coupling_solver = coupling_steps, coupling_solver
         self.guidance_scale, self.coupling_seed, self.num_couplings = guidance_scale, coupling_seed, num_couplings

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from unidistill.denoiser import GuidedDenoiser, OnPath
-from unidistill.objectives.base import Batch, Context, LossOutput, Objective
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective, refuse_unused
 from unidistill.objectives.losses import per_sample, squared_error
 from unidistill.paths import TrigFlow, expand_like
 from unidistill.timesteps import LogNormalSigmaTime
@@ -81,6 +81,9 @@ class ContinuousConsistency(Objective):
             raise ValueError(f"tangent must be 'jvp' or 'finite_difference', got {tangent!r}")
         if tangent_norm not in ("l2", "rms"):
             raise ValueError(f"tangent_norm must be 'l2' or 'rms', got {tangent_norm!r}")
+        if tangent == "jvp":
+            refuse_unused(self.name, "fd_step", fd_step, 1e-3,
+                          "with tangent='jvp' (it is the finite difference's step)")
         self.trig = TrigFlow(sigma_data)
         self.sigma_data, self.guidance_scale = sigma_data, guidance_scale
         t_hi = math.atan(sigma_max / sigma_data) / self.trig.t_max

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from unidistill.cache import TeacherCache, solve_with_checkpoints
 from unidistill.denoiser import GuidedDenoiser
-from unidistill.objectives.base import Batch, Context, LossOutput, Objective
+from unidistill.objectives.base import Batch, Context, LossOutput, Objective, check_choice, refuse_unused
 from unidistill.objectives.losses import distance
 from unidistill.solvers import initial_latent, ode_step
 
@@ -55,6 +55,14 @@ class TrajectoryRegression(Objective):
             raise ValueError(f"mode must be 'trajectory' or 'rollout', got {mode!r}")
         if student_steps < 1 or teacher_steps < 1:
             raise ValueError(f"need student_steps >= 1 and teacher_steps >= 1, got {student_steps}, {teacher_steps}")
+        check_choice(self.name, "distance", distance, ("l2", "pseudo_huber"))
+        if distance == "l2":
+            refuse_unused(self.name, "huber_c", huber_c, 1e-3, "with distance='l2' (it is pseudo-Huber's constant)")
+        if cache is not None:
+            why = "with a cache (the teacher's pairs are read from it, not solved)"
+            refuse_unused(self.name, "teacher_steps", teacher_steps, 32, why)
+            refuse_unused(self.name, "teacher_solver", teacher_solver, "heun", why)
+            refuse_unused(self.name, "guidance_scale", guidance_scale, 1.0, why)
         self.student_steps, self.teacher_steps, self.teacher_solver = student_steps, teacher_steps, teacher_solver
         self.guidance_scale, self.mode = guidance_scale, mode
         self.distance, self.huber_c = distance, huber_c
