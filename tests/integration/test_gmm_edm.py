@@ -25,7 +25,8 @@ def test_dmd2_on_the_edm_path_fits_and_samples(tmp_path):
     module, _ = build(tmp_path / "config.yaml")
     load_checkpoint(module, ckpt)
     assert isinstance(module.teacher.path, EDM) and isinstance(module.student.path, EDM)
-    assert int(module.iteration) == 2  # 6 optimizer steps = 2 iterations of (2 fake-score + 1 student) steps
+    # 6 optimizer steps = iterations 0..3: [fake, student], [fake], [fake, student], [fake]
+    assert int(module.iteration) == 4
     out = module.sample_student(torch.arange(16) % 4, 16, 1, torch.Generator().manual_seed(0))
     assert out.nfe == 1 and out.x.shape == (16, 8) and torch.isfinite(out.x).all()
     sigma = module.objective.dm_time(module.teacher.path, 4096, torch.Generator().manual_seed(0))
