@@ -1,9 +1,10 @@
 """Spoken-words corpora: the clips of a split, synthesised once and cached on disk with a manifest.
 
-A corpus is keyed on everything that decides its samples (split, size, seed, sample rate, window length, the
-espeak-ng version and the task's vocabulary/voice tables), so a changed setting regenerates it and an unchanged
-one is read back (about 11 ms of espeak-ng per clip: 10k clips are about two CPU minutes). Each cache entry is a
-safetensors file of 16-bit audio ``[N, samples]`` plus the clip specs, with a JSON manifest beside it.
+A corpus is keyed on everything that decides its samples (split, seed, sample rate, window length, the espeak-ng
+version and the task's vocabulary/voice tables), so a changed setting regenerates it and an unchanged one is read
+back; clip ``i`` depends on its seed and index only, so a cached corpus serves every smaller size (about 11 ms
+of espeak-ng per clip: 10k clips are about two CPU minutes). Each cache entry is a safetensors file of 16-bit
+audio ``[N, samples]`` plus the clip specs, with a JSON manifest beside it.
 """
 
 from __future__ import annotations
@@ -50,11 +51,11 @@ class Corpus:
         return len(self.specs)
 
 
-def settings(split: str, size: int, seed: int, sample_rate: int, samples: int) -> dict:
+def settings(split: str, seed: int, sample_rate: int, samples: int) -> dict:
     tables = {k: getattr(captions, k) for k in ("WORDS", "ACCENTS", "VARIANTS", "SPEED_WPM", "WPM_JITTER",
                                                   "PITCH_RANGE", "TRAIN_TEMPLATES", "HELD_OUT_TEMPLATES")}
     tables["HELD_OUT_COMBOS"] = sorted(captions.HELD_OUT_COMBOS)
-    return {"format": FORMAT, "split": split, "size": size, "seed": seed, "sample_rate": sample_rate,
+    return {"format": FORMAT, "split": split, "seed": seed, "sample_rate": sample_rate,
             "samples": samples, "espeak": espeak_version(), "tables": json.loads(json.dumps(tables))}
 
 
@@ -80,16 +81,18 @@ def load_corpus(split: str, size: int, seed: int = 0, sample_rate: int = 16000, 
 
     if size < 1:
         raise ValueError(f"a corpus needs at least one clip, got size={size}")
-    config = settings(split, size, seed, sample_rate, samples)
+    config = settings(split, seed, sample_rate, samples)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = root / f"{split}_{corpus_key(config)}.safetensors"
     manifest = path.with_suffix(".json")
-    if path.is_file() and manifest.is_file() and json.loads(manifest.read_text()).get("settings") == config:
-        state = load_file(str(path))
-        specs = [ClipSpec(*[int(v) if f != "held_out_template" else bool(v) for f, v in zip(SPEC_FIELDS, row,
-                                                                                               strict=True)])
-                 for row in state["specs"].tolist()]
-        return Corpus(state["audio"].float() / 32767.0, specs, state["lengths"], sample_rate)
+    if path.is_file() and manifest.is_file():
+        info = json.loads(manifest.read_text())
+        if info.get("settings") == config and info.get("size", 0) >= size:
+            state = load_file(str(path))
+            rows = state["specs"][:size].tolist()
+            specs = [ClipSpec(*[int(v) if f != "held_out_template" else bool(v)
+                                for f, v in zip(SPEC_FIELDS, row, strict=True)]) for row in rows]
+            return Corpus(state["audio"][:size].float() / 32767.0, specs, state["lengths"][:size], sample_rate)
     corpus = generate(split, size, seed, sample_rate, samples)
     root.mkdir(parents=True, exist_ok=True)
     pcm = (corpus.audio.clamp(-1, 1) * 32767.0).round().to(torch.int16)
@@ -97,7 +100,7 @@ def load_corpus(split: str, size: int, seed: int = 0, sample_rate: int = 16000, 
     tmp = path.with_suffix(".tmp")
     save_file({"audio": pcm, "specs": table, "lengths": corpus.lengths}, str(tmp))
     os.replace(tmp, path)
-    manifest.write_text(json.dumps({"settings": config, "spec_fields": SPEC_FIELDS,
+    manifest.write_text(json.dumps({"settings": config, "size": size, "spec_fields": SPEC_FIELDS,
                                     "captions": [s.caption for s in corpus.specs[:50]]}, indent=1))
     corpus.audio = pcm.float() / 32767.0  # what a cached read returns, so the first run trains on the same clips
     return corpus
