@@ -110,6 +110,27 @@ def test_student_of_a_tiny_teacher_equals_it_and_exports_a_card_that_reloads(tmp
                            student(batch.x0, t, batch.cond, torch.tensor([2.0, 5.0])).x0)
 
 
+def test_a_guidance_conditioned_student_init_keeps_its_guidance_input(tmp_path):
+    """Post-training (e.g. adversarial) starts from an exported w-conditioned student and samples it at
+    ``student_guidance`` when no scale is passed."""
+    m = AudioModality.tiny()
+    teacher = m.load_teacher()
+    first = m.build_student(teacher, guidance_conditioned=True)
+    with torch.no_grad():
+        for p in first.network.guidance.parameters():
+            p.add_(0.1)  # as if trained: the guidance input now matters
+    weights, _ = m.export(first, tmp_path)
+    post = AudioModality(latent=m.latent, network=m.net_args, text_encoder=None, text_dim=16,
+                         student_init=str(weights), student_guidance=2.5)
+    student = post.build_student(teacher)
+    batch = m.example_batch(2, torch.Generator().manual_seed(0))
+    t = torch.full((2,), 0.7)
+    with torch.no_grad():
+        assert torch.equal(student(batch.x0, t, batch.cond).x0, first(batch.x0, t, batch.cond, torch.full((2,), 2.5)).x0)
+    with pytest.raises(ValueError, match="takes a guidance scale and none was given"):
+        first(batch.x0, t, batch.cond)
+
+
 def test_a_teacher_trained_for_another_mel_configuration_is_refused(tmp_path):
     m = AudioModality.tiny()
     weights, _ = m.export(m.load_teacher(), tmp_path)

@@ -139,11 +139,24 @@ class SpeechDiT(nn.Module):
 
 class SpeechDiTAdapter(Adapter):
     """``(x_t, t, cond, guidance) -> SpeechDiT(x_t, t, cond["emb"], cond["pooled"], guidance)``; core time ``t`` in
-    ``[0, 1]`` is the transformer's timestep as is (Stable Audio's DiT embeds continuous time in ``[0, 1]``)."""
+    ``[0, 1]`` is the transformer's timestep as is (Stable Audio's DiT embeds continuous time in ``[0, 1]``).
+
+    ``default_guidance``: the scale a guidance-conditioned (LCM-style) student is given when a caller passes none,
+    i.e. when it is sampled like any other student; such a student called without one is otherwise an error
+    (its guidance input was always set in training)."""
+
+    def __init__(self, default_guidance: float | None = None) -> None:
+        super().__init__(1.0)
+        self.default_guidance = default_guidance
 
     def __call__(self, network: nn.Module, x_t: Tensor, t: Tensor, cond: Any, guidance: Tensor | None) -> Tensor:
         if not isinstance(cond, dict) or "emb" not in cond or "pooled" not in cond:
             raise ValueError("audio networks need a text condition {'emb': [B, L, D], 'pooled': [B, D]}; got "
                              f"{type(cond).__name__}")
+        if guidance is None and getattr(network, "guidance", None) is not None:
+            if self.default_guidance is None:
+                raise ValueError("this student takes a guidance scale and none was given: pass guidance=, or set the "
+                                 "modality's student_guidance (the scale to sample it at)")
+            guidance = torch.full((x_t.shape[0],), float(self.default_guidance), device=x_t.device, dtype=x_t.dtype)
         step = t.reshape(x_t.shape[0], -1)[:, 0] * self.time_scale
         return network(x_t, step, cond["emb"], cond["pooled"], guidance)

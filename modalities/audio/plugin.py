@@ -14,6 +14,7 @@ with those settings they are the denormalised latents, otherwise the decoded aud
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path as FilePath
 from typing import Any, Protocol
@@ -60,6 +61,8 @@ class AudioModality(Modality):
             (``tiny``), whose conditions carry ready-made embeddings of size ``text_dim``.
         max_prompt_length: tokens per prompt (longer prompts are truncated with a warning).
         evaluator: the task's metric provider (``AudioEvaluator``).
+        student_guidance: the guidance scale a guidance-conditioned student (consistency distillation with a
+            ``guidance_range``) samples at when no scale is passed; recorded in its exported card.
     """
 
     name = "audio"
@@ -67,7 +70,8 @@ class AudioModality(Modality):
     def __init__(self, latent: AudioLatent | None = None, network: dict[str, int] | None = None,
                  path: str = "rectified_flow", prediction: str = "flow", teacher: str = "random:0",
                  student_init: str | None = None, text_encoder: str | None = "minilm", max_prompt_length: int = 24,
-                 text_dim: int = 384, evaluator: AudioEvaluator | None = None) -> None:
+                 text_dim: int = 384, evaluator: AudioEvaluator | None = None,
+                 student_guidance: float | None = None) -> None:
         if path not in PATHS:
             raise ValueError(f"unknown path {path!r}; valid: {', '.join(PATHS)}")
         unknown = sorted(set(network or {}) - set(NETWORK_DEFAULTS) - {"patch"})
@@ -81,7 +85,7 @@ class AudioModality(Modality):
         self.prediction = check_prediction_type(prediction)
         self.teacher_source, self.student_init = teacher, student_init
         self.text_encoder_name, self.max_prompt_length, self.text_dim = text_encoder, max_prompt_length, text_dim
-        self.evaluator = evaluator
+        self.evaluator, self.student_guidance = evaluator, student_guidance
         self._text: Any = None
         self._prompts: dict[str, int] = {}
 
@@ -106,8 +110,8 @@ class AudioModality(Modality):
     def new_network(self) -> SpeechDiT:
         return SpeechDiT(**self.network_config())
 
-    def _denoiser(self, network: SpeechDiT) -> Denoiser:
-        return Denoiser(network, self.path, self.prediction, SpeechDiTAdapter())
+    def _denoiser(self, network: SpeechDiT, default_guidance: float | None = None) -> Denoiser:
+        return Denoiser(network, self.path, self.prediction, SpeechDiTAdapter(default_guidance))
 
     def card_fields(self) -> dict[str, Any]:
         """What a weights card must agree on for this modality to read the weights (``check_card``): a teacher
@@ -134,6 +138,22 @@ class AudioModality(Modality):
             load_safetensors(den.network, self.teacher_source, "audio teacher", card=self.card_fields())
         return freeze(den)
 
+    def build_student(self, teacher: Denoiser, guidance_conditioned: bool = False) -> Denoiser:
+        """A trainable copy of the teacher, with the guidance input when asked for or when ``student_init`` has
+        one (post-training a guidance-conditioned student, e.g. adversarially), then ``student_init`` loaded."""
+        student = copy.deepcopy(teacher)
+        if guidance_conditioned or self._init_card().get("guidance_input"):
+            student.network.enable_guidance_conditioning()
+        self.load_student_init(student.network)
+        student.adapter = SpeechDiTAdapter(self.student_guidance)
+        student.network.train()
+        student.network.requires_grad_(True)
+        return student
+
+    def _init_card(self) -> dict[str, Any]:
+        card = FilePath(self.student_init).with_suffix(".json") if self.student_init is not None else None
+        return json.loads(card.read_text()) if card is not None and card.is_file() else {}
+
     def load_student_init(self, network: torch.nn.Module, card: dict[str, Any] | None = None) -> None:
         super().load_student_init(network, {**(card or {}), **self.card_fields()})
 
@@ -144,15 +164,18 @@ class AudioModality(Modality):
         info = json.loads(card.read_text())
         info.update(self.card_fields())
         info["guidance_input"] = getattr(student.network, "guidance", None) is not None
+        info["default_guidance"] = getattr(student.adapter, "default_guidance", None)
         card.write_text(json.dumps(info, indent=2))
         return files
 
     def load_student(self, weights: str | FilePath) -> Denoiser:
         """A frozen student from exported weights (``unidistill export``); a guidance input is added when its
-        card says it has one."""
-        den = self._denoiser(self.new_network())
+        card says it has one, sampled at ``student_guidance`` or else the card's ``default_guidance``."""
         card = FilePath(weights).with_suffix(".json")
-        if card.is_file() and json.loads(card.read_text()).get("guidance_input"):
+        info = json.loads(card.read_text()) if card.is_file() else {}
+        guidance = self.student_guidance if self.student_guidance is not None else info.get("default_guidance")
+        den = self._denoiser(self.new_network(), guidance)
+        if info.get("guidance_input"):
             den.network.enable_guidance_conditioning()
         load_safetensors(den.network, weights, "audio student", card=self.card_fields())
         return freeze(den)

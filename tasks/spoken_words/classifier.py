@@ -91,7 +91,7 @@ def accuracy(net: MelClassifier, log_mel: Tensor, labels: dict[str, Tensor]) -> 
     return out
 
 
-def train(steps: int = 2500, batch: int = 64, lr: float = 2e-3, seed: int = 0, out: Path = WEIGHTS,
+def train(steps: int = 1200, batch: int = 64, lr: float = 2e-3, seed: int = 0, out: Path = WEIGHTS,
           cache_dir: str | None = None) -> dict:
     from safetensors.torch import save_file
 
@@ -121,7 +121,7 @@ def train(steps: int = 2500, batch: int = 64, lr: float = 2e-3, seed: int = 0, o
         opt.step()
         sched.step()
         if step % 250 == 0 or step == steps - 1:
-            log.info("step %d loss %.4f val %s", step, float(loss), accuracy(net, xv, yv))
+            log.info("step %d loss %.4f val %s", step, float(loss.detach()), accuracy(net, xv, yv))
     net.eval()
     result = {"held_out_validation": accuracy(net, xv, yv), "training_clips": x.shape[0],
               "validation_clips": xv.shape[0], "steps": steps, "batch": batch, "lr": lr, "seed": seed}
@@ -138,7 +138,7 @@ def train(steps: int = 2500, batch: int = 64, lr: float = 2e-3, seed: int = 0, o
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="train the spoken-words mel classifier (the task's feature network)")
-    p.add_argument("--steps", type=int, default=2500)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--out", default=str(WEIGHTS))
     p.add_argument("--cache-dir", default=None)
     args = p.parse_args(argv)
