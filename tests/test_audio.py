@@ -126,7 +126,8 @@ def test_a_guidance_conditioned_student_init_keeps_its_guidance_input(tmp_path):
     batch = m.example_batch(2, torch.Generator().manual_seed(0))
     t = torch.full((2,), 0.7)
     with torch.no_grad():
-        assert torch.equal(student(batch.x0, t, batch.cond).x0, first(batch.x0, t, batch.cond, torch.full((2,), 2.5)).x0)
+        guided = first(batch.x0, t, batch.cond, torch.full((2,), 2.5)).x0
+        assert torch.equal(student(batch.x0, t, batch.cond).x0, guided)
     with pytest.raises(ValueError, match="takes a guidance scale and none was given"):
         first(batch.x0, t, batch.cond)
 
