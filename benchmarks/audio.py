@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--network", default="patch=2", help="SpeechDiT options of the teacher, k=v,k=v")
     p.add_argument("--prediction", default="x0")
     p.add_argument("--teacher-steps", type=int, default=32, help="Heun steps of the teacher's full schedule")
-    p.add_argument("--guidance", type=float, default=3.0, help="the teacher's classifier-free guidance scale")
+    p.add_argument("--guidance", type=float, default=2.0, help="the teacher's classifier-free guidance scale")
     p.add_argument("--teacher-runs", nargs="*", default=TEACHER_RUNS,
                    help="SOLVER:STEPS:GUIDANCE teacher schedules also scored (not timed); G = --guidance")
     p.add_argument("--students", nargs="*", default=STUDENTS, help="LABEL=RUN: runs/audio/RUN/")
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
                      "rtf_generator": statistics.median(t["t_gen1"]) / seconds,
                      "rtf_end_to_end": statistics.median(t["t_e2e1"]) / seconds}
 
-    out_dir = Path(args.out).parent
+    out_dir = Path(args.out).resolve().parent
     samples_dir = out_dir / f"{Path(args.out).stem}_samples"
     files = m.save_comparison(artefacts, cond, samples_dir, limit=6)
     print(format_table(rows))
