@@ -75,6 +75,7 @@ class TextEncoder:
             use_attention_mask = bool(getattr(config, "use_attention_mask", "clip" not in config.model_type))
         self.max_length, self.use_attention_mask = max_length, use_attention_mask
         self._cache: dict[str, Tensor] = {}
+        self._pooled: dict[str, Tensor] = {}
 
     @classmethod
     def shared(cls, path: str | FilePath, max_length: int | None = 16,
@@ -115,6 +116,22 @@ class TextEncoder:
             for p, e in zip(new, out, strict=True):
                 self._cache[p] = e
         return torch.stack([self._cache[p] for p in prompts])
+
+    @torch.no_grad()
+    def encode_pooled(self, prompts: list[str] | str) -> tuple[Tensor, Tensor]:
+        """``encode``'s token states and the sentence embedding ``[N, hidden]``: their mean over each prompt's real
+        (non-padding) tokens, L2-normalised, as sentence-transformers pools all-MiniLM-L6-v2 (for prompts within
+        ``max_length`` tokens). Cached per prompt like ``encode``."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        tokens = self.encode(prompts)
+        new = sorted({p for p in prompts if p not in self._pooled})
+        if new:
+            mask = self._tokenize(new)["attention_mask"].float()[..., None]
+            states = torch.stack([self._cache[p] for p in new])
+            mean = (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            for p, e in zip(new, torch.nn.functional.normalize(mean, dim=-1), strict=True):
+                self._pooled[p] = e
+        return tokens, torch.stack([self._pooled[p] for p in prompts])
 
     @property
     def cache_size(self) -> int:
