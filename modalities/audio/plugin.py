@@ -157,9 +157,9 @@ class AudioModality(Modality):
     def load_student_init(self, network: torch.nn.Module, card: dict[str, Any] | None = None) -> None:
         super().load_student_init(network, {**(card or {}), **self.card_fields()})
 
-    def export(self, student: Denoiser, out_dir: str | FilePath) -> list[FilePath]:
+    def export(self, student: Denoiser, out_dir: str | FilePath, name: str = "student") -> list[FilePath]:
         """Safetensors plus a card that also records the latent and network settings (see ``card_fields``)."""
-        files = super().export(student, out_dir)
+        files = super().export(student, out_dir, name)
         card = files[1]
         info = json.loads(card.read_text())
         info.update(self.card_fields())

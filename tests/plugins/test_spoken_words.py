@@ -12,7 +12,7 @@ from tasks.spoken_words.captions import HELD_OUT_COMBOS, HELD_OUT_TEMPLATES, TRA
 from tasks.spoken_words.corpus import load_corpus
 from tasks.spoken_words.espeak import INSTALL_COMMAND, espeak_binary
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / "tasks" / "spoken_words" / "weights"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
