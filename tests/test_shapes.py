@@ -112,9 +112,10 @@ def test_chamfer_known_answers():
     line = torch.tensor([[[0.0, 0, 0], [2.0, 0, 0]]])
     assert chamfer(line, a).item() == 2.0  # (0 + 4) / 2 from the line, 0 back
     clouds = torch.randn(5, 16, 3, generator=torch.Generator().manual_seed(0))
-    d = pairwise_chamfer(clouds, clouds[:3], chunk=2)
+    d = pairwise_chamfer(clouds, clouds[:3])
     torch.testing.assert_close(d[4, 1], chamfer(clouds[4:5], clouds[1:2])[0])
     assert torch.equal(d.diagonal(), torch.zeros(3, dtype=d.dtype))
+    torch.testing.assert_close(pairwise_chamfer(clouds), pairwise_chamfer(clouds, clouds))
 
 
 def test_exact_emd_known_answers():

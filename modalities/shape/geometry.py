@@ -10,6 +10,7 @@ at 256 points, 2.1 s at 2,048).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,15 +21,27 @@ def chamfer(a: Tensor, b: Tensor) -> Tensor:
     return d.min(2).values.mean(1) + d.min(1).values.mean(1)
 
 
-def pairwise_chamfer(a: Tensor, b: Tensor, chunk: int = 16) -> Tensor:
-    """Chamfer distance of every cloud of ``a [n, N, 3]`` to every cloud of ``b [m, M, 3]``: ``[n, m]``."""
-    a, b = a.double(), b.double()
-    out = torch.empty(a.shape[0], b.shape[0], dtype=torch.float64)
-    for i in range(0, a.shape[0], chunk):
-        ai = a[i:i + chunk]
-        for j in range(0, b.shape[0], chunk):
-            d = torch.cdist(ai[:, None], b[None, j:j + chunk]).pow(2)  # [ni, nj, N, M]
-            out[i:i + chunk, j:j + chunk] = d.min(3).values.mean(2) + d.min(2).values.mean(2)
+def pairwise_chamfer(a: Tensor, b: Tensor | None = None) -> Tensor:
+    """Chamfer distance of every cloud of ``a [n, N, 3]`` to every cloud of ``b [m, M, 3]`` (``b = None``: ``a``
+    to itself): ``[n, m]``. Nearest neighbours come from one k-d tree per cloud (``scipy.spatial.cKDTree``)
+    queried with all points of the other set at once, about 1 ms a pair at 256 points on one core, where the
+    dense ``cdist`` route costs about twice that."""
+    x = a.detach().double().cpu().numpy()
+    y = x if b is None else b.detach().double().cpu().numpy()
+    forward = _mean_nearest(x, y)
+    return torch.from_numpy(forward + (forward.T if b is None else _mean_nearest(y, x).T))
+
+
+def _mean_nearest(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``[n, m]``: mean over the points of cloud ``x_i`` of the squared distance to the nearest point of ``y_j``."""
+    from scipy.spatial import cKDTree
+
+    n, count = x.shape[:2]
+    flat = x.reshape(-1, 3)
+    out = np.empty((n, y.shape[0]))
+    for j, cloud in enumerate(y):
+        dist, _ = cKDTree(cloud).query(flat, k=1)
+        out[:, j] = (dist ** 2).reshape(n, count).mean(1)
     return out
 
 
