@@ -6,6 +6,7 @@ import torch
 
 from unidistill.batch import Batch
 from unidistill.module import DistillationModule
+from unidistill.objectives.base import update_roles
 from unidistill.regress import build_matrix, run_fast_cell
 
 SHAPE_MODALITIES = ["pointcloud", "shape_structure", "shape_latent"]
@@ -32,7 +33,7 @@ def _losses_and_grads(module: DistillationModule, batch: Batch) -> list[tuple[fl
     results = []
     for role in module.objective.plan(0):
         ctx = module.context(0)
-        params = [p for p in module.role_module(role).parameters() if p.requires_grad]
+        params = [p for r in update_roles(role) for p in module.role_module(r).parameters() if p.requires_grad]
         out = module.objective.loss(role, batch, ctx)
         grads = torch.autograd.grad(out.loss, params, allow_unused=True)
         results.append((float(out.loss), [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads,
