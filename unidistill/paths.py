@@ -355,12 +355,13 @@ class ResidualShift(Path):
     ``x_t - y = (1 - eta_t) (x0 - y) + kappa sqrt(eta_t) eps``, i.e. ``alpha = 1 - eta``,
     ``sigma = kappa sqrt(eta)``. A modality whose latent is the residual therefore runs ResShift with every core
     solver and objective unchanged; its noise prior ``sigma(1) eps`` is ResShift's ``x_T = y + kappa eps``
-    (ResShift's ``eta_T = 0.99`` leaves ``0.01 (x0 - y)`` of data at ``t = 1``, which the prior ignores).
+    (ResShift's ``sqrt(eta_T) = 0.99`` leaves ``0.02 (x0 - y)`` of data at ``t = 1``, which the prior ignores).
 
     The schedule is ResShift's: ``sqrt(eta)`` grows geometrically in ``u^power``,
-    ``sqrt(eta_k) = s_1 (s_T / s_1)^(u_k^p)`` with ``u_k = (k - 1) / (T - 1)``, ``s_1 = min(min_noise_level / kappa, min_noise_level)``, ``s_T = etas_end``
-    (ResShift's code calls ``sqrt(eta_T)`` ``etas_end``). Step ``k`` sits at core time ``t = k / T`` and
-    ``t = 0`` (``eta = 0``) is data; between grid points ``sqrt(eta)`` is linear in ``t``, so ``time_grid(T)``
+    ``sqrt(eta_k) = s_1 (s_T / s_1)^(u_k^p)`` with ``u_k = (k - 1) / (T - 1)``,
+    ``s_1 = min(min_noise_level / kappa, min_noise_level)`` and ``s_T = etas_end`` (ResShift's code calls
+    ``sqrt(eta_T)`` ``etas_end``). Step ``k`` sits at core time ``t = k / T`` and ``t = 0`` (``eta = 0``) is data;
+    between grid points ``sqrt(eta)`` is linear in ``t``, so ``time_grid(T)``
     visits ResShift's steps exactly and every time in between is defined (with derivatives) for continuous-time
     objectives.
     """
