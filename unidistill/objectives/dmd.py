@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from unidistill.denoiser import combine_guidance
 from unidistill.objectives.base import Batch, Context, LossOutput, Objective
 from unidistill.objectives.fake_score import FakeScore, build_fake_score, frozen_params, on_device
+from unidistill.objectives.fidelity import FidelityLoss
 from unidistill.objectives.losses import per_sample, squared_error
 from unidistill.paths import Prediction, expand_like
 from unidistill.solvers import initial_latent, sample
@@ -117,6 +118,9 @@ class DMD2(Objective):
       anything but ``reverse_kl`` needs the head (trained by the discriminator loss).
     * ``fake_prediction`` — space of the fake-score denoising loss: ``native`` (the network's own output
       type; e.g. flow-MSE for a flow network as CausVid/Self-Forcing) or ``x0``/``eps``/``flow``/``v``.
+    * ``fidelity`` — data-fidelity terms (``FidelityLoss``: L2 and a modality's perceptual distance) on the
+      student's output against the paired data ``batch.x0``, added to the student loss (OSEDiff's
+      ``L2 + LPIPS + VSD``, with a LoRA fake score: ``fake_score_memory: lora``).
     """
 
     trainable_roles = ("student", "fake_score")
@@ -167,6 +171,7 @@ class DMD2(Objective):
         ca_weight: float = 1.0,
         ca_time: TimeSampler | None = None,
         f_divergence: str = "reverse_kl",
+        fidelity: FidelityLoss | None = None,
     ) -> None:
         if fake_updates_per_student < 1 or student_steps < 1:
             raise ValueError("fake_updates_per_student and student_steps must be >= 1, got "
@@ -190,6 +195,7 @@ class DMD2(Objective):
         self.ca_time = ca_time or UniformTime(0.02, 1.0)
         self.f_divergence = f_divergence
         self.use_head = gan_generator_weight > 0 or f_divergence != "reverse_kl"
+        self.fidelity = fidelity
 
     # --- roles and plan ----------------------------------------------------------------------
     def build_roles(self, student: nn.Module, teacher: nn.Module | None) -> dict[str, nn.Module]:
@@ -265,6 +271,9 @@ class DMD2(Objective):
             reg = self.regression_loss(batch, ctx)
             loss = loss + self.reg_weight * reg
             logs["regression"] = reg.detach()
+        if self.fidelity is not None:
+            fid, fid_logs = self.fidelity(x, batch)
+            loss, logs = loss + fid, logs | fid_logs
         return LossOutput(loss, logs)
 
     def fake_score_loss(self, batch: Batch, ctx: Context) -> LossOutput:
