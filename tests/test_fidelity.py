@@ -11,12 +11,12 @@ from test_distribution_objectives import ctx_for, setup
 
 from unidistill.objectives import DMD2, Batch, TrajectoryRegression
 from unidistill.objectives.dmd import student_sample
-from unidistill.objectives.fidelity import FidelityLoss
+from unidistill.objectives.fidelity import FidelityLoss, PerceptualDistance
 
 SHAPE = (3, 4, 4)
 
 
-class MeanAbs:
+class MeanAbs(PerceptualDistance):
     """A stand-in perceptual distance that records its calls: mean |pred - target| per sample, plus cond."""
 
     def __init__(self) -> None:
@@ -89,3 +89,17 @@ def test_trajectory_regression_gains_the_fidelity_and_refuses_a_cache():
     assert torch.allclose(b.loss - a.loss, b.logs["fidelity_l2"]) and float(b.logs["fidelity_l2"]) > 0
     with pytest.raises(ValueError, match="cache"):
         TrajectoryRegression(fidelity=fid, cache=object())
+
+
+def test_trajectory_regression_from_a_cache_runs_without_a_teacher(tmp_path):
+    """With a cache the objective needs no teacher, so a run has none; the cache check must not ask for one."""
+    from unidistill.cache import TeacherCache, generate_cache
+
+    objective = TrajectoryRegression(teacher_steps=2)
+    roles, _, batch = setup(objective, SHAPE)
+    generate_cache(roles["teacher"], tmp_path, 8, SHAPE, solver="euler", steps=2, shard_size=8)
+    cached = TrajectoryRegression(cache=TeacherCache(str(tmp_path)))
+    assert cached.needs_teacher is False
+    no_teacher = {k: v for k, v in roles.items() if k != "teacher"}
+    out = cached.loss("student", Batch(None, size=4), ctx_for(no_teacher, SHAPE))
+    assert torch.isfinite(out.loss)

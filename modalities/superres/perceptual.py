@@ -9,9 +9,10 @@ from typing import Any
 from torch import Tensor
 
 from modalities.superres.stlpips import st_lpips_alex
+from unidistill.objectives.fidelity import PerceptualDistance
 
 
-class STLPIPSDistance:
+class STLPIPSDistance(PerceptualDistance):
     """``st_lpips_alex(decode(pred), decode(target))`` per sample; ``latent`` as the modality's (``residual``: the
     image is ``latent + cond["up"]``; ``image``: the latent is the image)."""
 

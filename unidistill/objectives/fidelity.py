@@ -5,15 +5,16 @@ anchor the student's one-step output ``x = G(z; c)`` to the data ``x0`` paired w
 distillation loss, as OSEDiff does (Wu et al., 2024, "One-Step Effective Diffusion Network for Real-World Image
 Super-Resolution": ``L = lambda_l2 MSE(x, x0) + lambda_lpips LPIPS(x, x0) + lambda_vsd VSD``, with 1, 2 and 1).
 
-The objective knows nothing of the data: the perceptual distance is a callable the modality (or a task) supplies,
-``perceptual(pred, target, cond) -> [B]`` on latents, differentiable in ``pred`` (e.g. the super-resolution plugin's
+The objective knows nothing of the data: the perceptual distance is a callable the modality (or a task) supplies, a
+``PerceptualDistance`` subclass: ``perceptual(pred, target, cond) -> [B]`` on latents, differentiable in ``pred`` (e.g. the super-resolution plugin's
 ``STLPIPSDistance`` decodes residual latents to images and runs a frozen shift-tolerant LPIPS network on them).
 Reductions follow DESIGN.md: per sample (mean over elements, masked where a mask exists), then over the batch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from typing import Any
 
 from torch import Tensor
 
@@ -21,9 +22,11 @@ from unidistill.batch import Batch
 from unidistill.objectives.losses import squared_error
 
 
-class PerceptualDistance(Protocol):
-    """A per-sample distance ``[B]`` between two latent batches, given their condition; differentiable in ``pred``."""
+class PerceptualDistance(ABC):
+    """Base class of a modality's perceptual distance: per sample ``[B]`` between two latent batches, given their
+    condition, differentiable in ``pred`` (a class, so a YAML file can name a subclass by ``class_path``)."""
 
+    @abstractmethod
     def __call__(self, pred: Tensor, target: Tensor, cond: Any) -> Tensor: ...
 
 

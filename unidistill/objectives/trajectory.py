@@ -78,7 +78,7 @@ class TrajectoryRegression(Objective):
         """Starting unit noise, conditions, and teacher states at every grid time (last = sample)."""
         times = grid.tolist()
         if self.cache is not None:
-            if ctx.teacher is not None:
+            if "teacher" in ctx.roles:  # a cached run loads no teacher (needs_teacher is False)
                 self.cache.check_teacher(ctx.teacher)
             ids = torch.randint(0, len(self.cache), (batch.size,), generator=ctx.generator)
             rec = self.cache.batch(ids)
