@@ -5,9 +5,10 @@ anchor the student's one-step output ``x = G(z; c)`` to the data ``x0`` paired w
 distillation loss, as OSEDiff does (Wu et al., 2024, "One-Step Effective Diffusion Network for Real-World Image
 Super-Resolution": ``L = lambda_l2 MSE(x, x0) + lambda_lpips LPIPS(x, x0) + lambda_vsd VSD``, with 1, 2 and 1).
 
-The objective knows nothing of the data: the perceptual distance is a callable the modality (or a task) supplies, a
-``PerceptualDistance`` subclass: ``perceptual(pred, target, cond) -> [B]`` on latents, differentiable in ``pred`` (e.g. the super-resolution plugin's
-``STLPIPSDistance`` decodes residual latents to images and runs a frozen shift-tolerant LPIPS network on them).
+The objective knows nothing of the data: the perceptual distance is a ``PerceptualDistance`` subclass that the
+modality (or a task) supplies, ``perceptual(pred, target, cond) -> [B]`` on latents, differentiable in ``pred``
+(e.g. the super-resolution plugin's ``STLPIPSDistance`` decodes residual latents to images and runs a frozen
+shift-tolerant LPIPS network on them).
 Reductions follow DESIGN.md: per sample (mean over elements, masked where a mask exists), then over the batch.
 """
 
