@@ -229,3 +229,30 @@ def test_residual_shift_needs_the_residual_latent_and_unknown_names_are_errors()
     image = SuperResModality(**{**_tiny_args(), "latent": "image", "path": "rectified_flow", "path_args": {}})
     batch = image.example_batch(2, torch.Generator().manual_seed(0))
     assert torch.allclose(image.images(batch.x0, batch.cond), batch.x0.clamp(-1, 1))
+
+
+def test_perceptual_distance_decodes_residuals_and_passes_gradients():
+    from modalities.superres.perceptual import STLPIPSDistance
+    from modalities.superres.stlpips import st_lpips_alex
+
+    m = SuperResModality(**{**_tiny_args(), "patch": 32})
+    batch = m.example_batch(2, torch.Generator().manual_seed(0))
+    pred = (batch.x0 + 0.1 * torch.randn(batch.x0.shape, generator=torch.Generator().manual_seed(1)))
+    pred.requires_grad_(True)
+    d = STLPIPSDistance("residual")(pred, batch.x0, batch.cond)
+    expected = st_lpips_alex()(pred.detach() + batch.cond["up"], batch.x0 + batch.cond["up"])
+    assert d.shape == (2,) and torch.allclose(d.detach(), expected, atol=1e-6)
+    d.sum().backward()
+    assert pred.grad is not None and float(pred.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="at least 24x24"):
+        st_lpips_alex()(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16))
+
+
+def test_comparison_png_has_one_column_per_row_label(tmp_path):
+    from PIL import Image
+
+    m = SuperResModality.tiny()
+    batch = m.example_batch(3, torch.Generator().manual_seed(0))
+    (png,) = m.save_comparison({"teacher": batch.x0, "student": batch.x0}, batch.cond, tmp_path)
+    w, h = Image.open(png).size
+    assert w == 4 * 16 and h == 14 + 3 * 16  # LR | bicubic | teacher | student, 3 rows of 16x16, a label line

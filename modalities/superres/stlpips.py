@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 CHANNELS = (64, 192, 384, 256, 256)
+#: the smallest image side the trunk accepts (its reflect padding needs feature maps of at least 3 pixels)
+MIN_SIDE = 24
 
 
 class BlurPool(nn.Module):
@@ -92,6 +94,8 @@ class ShiftTolerantLPIPS(nn.Module):
         if x.shape != y.shape or x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"st_lpips_alex compares two RGB batches [B, 3, H, W] of one shape; got {tuple(x.shape)} "
                              f"and {tuple(y.shape)}")
+        if min(x.shape[-2:]) < MIN_SIDE:
+            raise ValueError(f"st_lpips_alex needs images of at least {MIN_SIDE}x{MIN_SIDE}, got {tuple(x.shape[-2:])}")
         fx = self.net((x - self.shift) / self.scale)
         fy = self.net((y - self.shift) / self.scale)
         total = x.new_zeros(x.shape[0])
