@@ -256,3 +256,15 @@ def test_comparison_png_has_one_column_per_row_label(tmp_path):
     (png,) = m.save_comparison({"teacher": batch.x0, "student": batch.x0}, batch.cond, tmp_path)
     w, h = Image.open(png).size
     assert w == 4 * 16 and h == 14 + 3 * 16  # LR | bicubic | teacher | student, 3 rows of 16x16, a label line
+
+
+def test_a_guidance_input_starts_as_the_teacher():
+    m = SuperResModality.tiny()
+    teacher = m.load_teacher()
+    student = m.build_student(teacher, guidance_conditioned=True)
+    batch = m.example_batch(2, torch.Generator().manual_seed(0))
+    t = torch.full((2,), 0.5)
+    with torch.no_grad():
+        a = teacher(batch.x0, t, batch.cond).x0
+        b = student(batch.x0, t, batch.cond, torch.full((2,), 0.3)).x0
+    assert m.guidance_input and torch.equal(a, b)

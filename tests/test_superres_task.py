@@ -125,5 +125,5 @@ def test_superres_matrix_cells_that_cannot_run_say_why():
     cells = _matrix_cells()
     not_ready = {c.objective: c.reason for c in cells if c.status != "ready"}
     assert all(c.status in ("ready", "unsupported") for c in cells)
-    assert set(not_ready) == {"CausVid", "DiffusionForcing", "SelfForcing", "TeacherForcing", "FlowMapDistillation"}
+    assert set(not_ready) == {"CausVid", "DiffusionForcing", "SelfForcing", "TeacherForcing"}
     assert all(len(reason) > 20 for reason in not_ready.values())

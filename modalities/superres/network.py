@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers import UNet2DModel
+from diffusers.models.embeddings import TimestepEmbedding
 from torch import Tensor, nn
 
 from unidistill.denoiser import Adapter
@@ -29,10 +31,22 @@ def unet_config(blocks: tuple[int, ...] | list[int] = (32, 64, 64), layers_per_b
             "down_block_types": ["DownBlock2D"] * n, "up_block_types": ["UpBlock2D"] * n}
 
 
-def build_unet(config: dict[str, Any]) -> nn.Module:
-    from diffusers import UNet2DModel
+class SRUNet(UNet2DModel):
+    """``UNet2DModel`` that can gain a second scalar input (a flow map's jump length, a guidance scale)."""
 
-    return UNet2DModel(**config)
+    def enable_guidance_conditioning(self) -> None:
+        """diffusers' ``class_embed_type="timestep"`` embedding of the scalar, added to the time embedding; its last
+        layer is zero-initialised, so the network starts exactly as it was."""
+        if self.class_embedding is None:
+            self.class_embedding = TimestepEmbedding(self.time_embedding.linear_1.in_features,
+                                                     self.time_embedding.linear_2.out_features)
+            nn.init.zeros_(self.class_embedding.linear_2.weight)
+            nn.init.zeros_(self.class_embedding.linear_2.bias)
+            self.register_to_config(class_embed_type="timestep")
+
+
+def build_unet(config: dict[str, Any]) -> SRUNet:
+    return SRUNet(**config)
 
 
 def size_multiple(config: dict[str, Any]) -> int:
@@ -62,4 +76,5 @@ class SRAdapter(Adapter):
         else:
             a, s = self.path.alpha(tt), self.path.sigma(tt)
             inp = x_t * expand_like(torch.rsqrt((a * self.data_std) ** 2 + s**2), x_t)
-        return network(torch.cat([inp, up], dim=1), tt * self.time_scale).sample
+        extra = {} if guidance is None else {"class_labels": guidance.reshape(-1).to(x_t.dtype) * self.time_scale}
+        return network(torch.cat([inp, up], dim=1), tt * self.time_scale, **extra).sample
