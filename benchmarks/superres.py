@@ -95,8 +95,9 @@ def main() -> None:
     parser.add_argument("--teacher", default=str(WEIGHTS / "teacher.safetensors"))
     parser.add_argument("--baseline", default=str(WEIGHTS / "baseline.safetensors"))
     parser.add_argument("--students", nargs="*", default=None, help="LABEL=CONFIG:CHECKPOINT ...")
-    parser.add_argument("--teacher-steps", type=int, nargs="*", default=[15, 4, 2, 1],
-                        help="DDIM step counts of the teacher; the first is its full schedule")
+    parser.add_argument("--teacher-runs", nargs="*", default=["ancestral:15", "ddim:15", "ddim:4", "ddim:2", "ddim:1"],
+                        help="SOLVER:STEPS of the teacher; the first is its full schedule (ResShift samples "
+                             "ancestrally; SinSR distils the deterministic DDIM sampler)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--crop", type=int, default=256, help="centre crop side of each held-out photo (0: whole)")
     parser.add_argument("--rounds", type=int, default=5)
@@ -111,8 +112,9 @@ def main() -> None:
     base_mod = modality(Path(args.baseline), regression=True)
     baseline = base_mod.load_teacher()
     runs: dict[str, tuple[SuperResModality, Any, str, int]] = {"baseline": (base_mod, baseline, "ddim", 1)}
-    for k in args.teacher_steps:
-        runs[f"teacher ddim {k}"] = (teacher_mod, teacher, "ddim", k)
+    for spec in args.teacher_runs:
+        solver, _, k = spec.partition(":")
+        runs[f"teacher {solver} {k}"] = (teacher_mod, teacher, solver, int(k))
     students = student_models(args.students if args.students is not None else default_students())
     for label, (model, solver, _) in students.items():
         runs[label] = (teacher_mod, model, solver, 1)
@@ -153,7 +155,8 @@ def main() -> None:
            for label, (mod, model, solver, steps) in runs.items()}
     fns["bicubic"] = timed(lambda: upsample(lr[None], 4))
     times = paired_times(fns, rounds=args.rounds)
-    full = f"teacher ddim {args.teacher_steps[0]}"
+    solver, _, k = args.teacher_runs[0].partition(":")
+    full = f"teacher {solver} {k}"
     megapixels = 256 * 256 / 1e6
     for row in rows:
         t = times[row["label"]]
@@ -164,6 +167,11 @@ def main() -> None:
     for row in rows:
         row["st_lpips_vs_teacher"] = row["st_lpips_alex"] / teacher_row["st_lpips_alex"]
         row["psnr_y_vs_teacher"] = row["psnr_y"] - teacher_row["psnr_y"]
+        for ref in rows:  # against every other teacher schedule with the full NFE too (e.g. the DDIM one)
+            if ref["model"] == "teacher" and ref["nfe"] == teacher_row["nfe"] and ref is not teacher_row:
+                tag = ref["label"].replace("teacher ", "").replace(" ", "")
+                row[f"st_lpips_vs_teacher_{tag}"] = row["st_lpips_alex"] / ref["st_lpips_alex"]
+                row[f"psnr_y_vs_teacher_{tag}"] = row["psnr_y"] - ref["psnr_y"]
         if row["label"] in students:
             row["speedup_fraction_of_nfe_ratio"] = row["speedup_vs_teacher"] / (teacher_row["nfe"] / row["nfe"])
 
