@@ -268,3 +268,23 @@ def test_a_guidance_input_starts_as_the_teacher():
         a = teacher(batch.x0, t, batch.cond).x0
         b = student(batch.x0, t, batch.cond, torch.full((2,), 0.3)).x0
     assert m.guidance_input and torch.equal(a, b)
+
+
+def test_a_warm_start_from_the_regression_network_starts_as_it_at_every_noisy_input(tmp_path):
+    regression = SuperResModality(**{**_tiny_args(), "regression": True, "path_args": {"num_steps": 4, "kappa": 2.0}})
+    files = regression.export(regression.load_teacher(), tmp_path)
+    assert json.loads(files[1].read_text())["regression"] is True
+    warm = SuperResModality(**{**_tiny_args(), "warm_start": str(files[0])}).new_denoiser()  # another kappa: fine
+    base = regression.load_network(files[0])
+    batch = SuperResModality.tiny().example_batch(2, torch.Generator().manual_seed(0))
+    t = torch.tensor([0.3, 1.0])
+    with torch.no_grad():
+        a = base(batch.x0, t, batch.cond).x0
+        for x_t in (batch.x0, torch.randn(batch.x0.shape, generator=torch.Generator().manual_seed(2))):
+            assert torch.allclose(warm(x_t, t, batch.cond).x0, a, atol=1e-6)
+    diffusion = SuperResModality(**_tiny_args())
+    other = diffusion.export(diffusion.load_teacher(), tmp_path / "diffusion")
+    with pytest.raises(ValueError, match="regression: weights False, configured True"):
+        SuperResModality(**{**_tiny_args(), "warm_start": str(other[0])}).new_denoiser()
+    with pytest.raises(ValueError, match="needs regression=false"):
+        SuperResModality(**{**_tiny_args(), "regression": True, "warm_start": str(files[0])})

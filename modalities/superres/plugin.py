@@ -58,6 +58,11 @@ class SuperResModality(Modality):
         regression: an L2 regression network (zeros in place of the noisy latent; the baseline to beat).
         teacher: safetensors of the teacher network (with its card beside it), or ``"random:<seed>"``.
         student_init: safetensors to start the student from (or, when training, the network: continued rounds).
+        warm_start: safetensors of an L2 regression network of the same architecture (``regression: true`` in its
+            card) to start a diffusion network from when training: its weights on the noisy-latent input are
+            zeroed, so the network starts as that regression network (its prediction of ``E[x0 | LR]``) and
+            learns the rest (the predict-then-refine idea of Whang et al., 2022, "Deblurring via Stochastic
+            Refinement", as a warm start).
         tile, tile_overlap: full-image inference tiles (``upscale``); images with more than ``max_pixels`` output
             pixels are always tiled.
     """
@@ -69,7 +74,7 @@ class SuperResModality(Modality):
                  path_args: dict[str, Any] | None = None, prediction: str = "x0",
                  blocks: list[int] | tuple[int, ...] = (32, 64, 64), layers_per_block: int = 1,
                  regression: bool = False, teacher: str = "random:0", student_init: str | None = None,
-                 tile: int = 128, tile_overlap: int = 16, max_pixels: int = 256 * 256) -> None:
+                 warm_start: str | None = None, tile: int = 128, tile_overlap: int = 16, max_pixels: int = 256 * 256) -> None:
         if latent not in LATENTS:
             raise ValueError(f"unknown latent {latent!r}; valid: {', '.join(LATENTS)}")
         if int(scale) < 1:
@@ -86,7 +91,10 @@ class SuperResModality(Modality):
         if tile % self.multiple:
             raise ValueError(f"tile {tile} must be a multiple of the network's size multiple {self.multiple}")
         self.regression = bool(regression)
-        self.teacher_source, self.student_init = teacher, student_init
+        if warm_start is not None and self.regression:
+            raise ValueError("warm_start starts a diffusion network from a regression network; it needs "
+                             "regression=false")
+        self.teacher_source, self.student_init, self.warm_start = teacher, student_init, warm_start
         self.tile, self.tile_overlap, self.max_pixels = int(tile), int(tile_overlap), int(max_pixels)
 
     # -- shapes and networks -----------------------------------------------------------------------------
@@ -105,10 +113,17 @@ class SuperResModality(Modality):
                         SRAdapter(self.path, DATA_STD[self.latent], self.regression))
 
     def new_denoiser(self) -> Denoiser:
-        """A freshly initialised network; from ``student_init`` when set (a teacher recipe's continued round)."""
+        """A freshly initialised network; from ``student_init`` when set (a teacher recipe's continued round), or
+        from the regression network ``warm_start``."""
         den = self._denoiser()
         if self.student_init is not None:
             load_safetensors(den.network, self.student_init, "initialisation", card=self.card_fields())
+        elif self.warm_start is not None:
+            # a regression network reads no noisy latent, so its card's noise path does not matter
+            card = {k: v for k, v in self.card_fields().items() if k != "path"} | {"regression": True}
+            load_safetensors(den.network, self.warm_start, "warm-start regression network", card=card)
+            with torch.no_grad():
+                den.network.conv_in.weight[:, : den.network.config.out_channels].zero_()
         return den
 
     def load_teacher(self) -> Denoiser:
