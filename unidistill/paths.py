@@ -368,6 +368,83 @@ class TrigFlow(Path):
         return f"TrigFlow(sigma_data={self.sigma_data})"
 
 
+class ResidualShift(Path):
+    """ResShift's residual-shifting path (Yue et al., 2023, "ResShift: Efficient Diffusion Model for Image
+    Super-resolution by Residual Shifting"), written on the residual ``r = x - y`` to a conditioning image ``y``
+    (e.g. the upsampled low-resolution input).
+
+    ResShift's marginal ``x_t = x0 + eta_t (y - x0) + kappa sqrt(eta_t) eps`` has a mean that depends on ``y``, so
+    in image space it is not ``alpha(t) x0 + sigma(t) eps``; on the residual it is exactly that:
+    ``x_t - y = (1 - eta_t) (x0 - y) + kappa sqrt(eta_t) eps``, i.e. ``alpha = 1 - eta``,
+    ``sigma = kappa sqrt(eta)``. A modality whose latent is the residual therefore runs ResShift with every core
+    solver and objective unchanged; its noise prior ``sigma(1) eps`` is ResShift's ``x_T = y + kappa eps``
+    (ResShift's ``sqrt(eta_T) = 0.99`` leaves ``0.02 (x0 - y)`` of data at ``t = 1``, which the prior ignores).
+
+    The schedule is ResShift's: ``sqrt(eta)`` grows geometrically in ``u^power``,
+    ``sqrt(eta_k) = s_1 (s_T / s_1)^(u_k^p)`` with ``u_k = (k - 1) / (T - 1)``,
+    ``s_1 = min(min_noise_level / kappa, min_noise_level)`` and ``s_T = etas_end`` (ResShift's code calls
+    ``sqrt(eta_T)`` ``etas_end``). Step ``k`` sits at core time ``t = k / T`` and ``t = 0`` (``eta = 0``) is data;
+    between grid points ``sqrt(eta)`` is linear in ``t``, so ``time_grid(T)``
+    visits ResShift's steps exactly and every time in between is defined (with derivatives) for continuous-time
+    objectives.
+    """
+
+    def __init__(self, kappa: float = 2.0, num_steps: int = 15, min_noise_level: float = 0.04,
+                 etas_end: float = 0.99, power: float = 0.3) -> None:
+        if kappa <= 0 or num_steps < 2 or not 0 < min_noise_level < 1 or not 0 < etas_end < 1 or power <= 0:
+            raise ValueError(
+                f"ResidualShift needs kappa > 0, num_steps >= 2, 0 < min_noise_level < 1, 0 < etas_end < 1 and "
+                f"power > 0; got kappa={kappa}, num_steps={num_steps}, min_noise_level={min_noise_level}, "
+                f"etas_end={etas_end}, power={power}"
+            )
+        self.kappa, self.num_steps, self.power = float(kappa), int(num_steps), float(power)
+        self.min_noise_level, self.etas_end = float(min_noise_level), float(etas_end)
+        start = min(min_noise_level / kappa, min_noise_level)
+        u = torch.linspace(0, 1, num_steps, dtype=torch.float64) ** power
+        sqrt_eta = start * (etas_end / start) ** u
+        self._sqrt_eta = torch.cat([torch.zeros(1, dtype=torch.float64), sqrt_eta])  # node k at t = k / T
+
+    def sqrt_eta(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``sqrt(eta(t))`` and its time derivative (piecewise linear between ResShift's steps)."""
+        table = self._sqrt_eta.to(t.device)
+        pos = (t.double() * self.num_steps).clamp(0, self.num_steps)
+        lo = pos.floor().long().clamp(max=self.num_steps - 1)
+        slope = (table[lo + 1] - table[lo]) * self.num_steps
+        value = table[lo] + (pos - lo) * (table[lo + 1] - table[lo])
+        return value.to(t.dtype), slope.to(t.dtype)
+
+    def eta(self, t: Tensor) -> Tensor:
+        return self.sqrt_eta(t)[0] ** 2
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return 1 - self.sqrt_eta(t)[0] ** 2
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.kappa * self.sqrt_eta(t)[0]
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        s, ds = self.sqrt_eta(t)
+        return -2 * s * ds
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        return self.kappa * self.sqrt_eta(t)[1]
+
+    def t_from_noise_ratio(self, ratio: Tensor) -> Tensor:
+        # ratio = kappa s / (1 - s^2) is increasing in s on [0, 1): s is the positive root of r s^2 + kappa s - r
+        r = ratio.double()
+        s = torch.where(r > 0, (torch.sqrt(self.kappa**2 + 4 * r * r) - self.kappa) / (2 * r.clamp_min(_EPS)),
+                        torch.zeros_like(r))
+        table = self._sqrt_eta.to(ratio.device)
+        idx = torch.searchsorted(table, s.clamp(0, float(table[-1]))).clamp(1, self.num_steps)
+        lo, hi = table[idx - 1], table[idx]
+        frac = ((s - lo) / (hi - lo)).clamp(0, 1)
+        return ((idx - 1 + frac) / self.num_steps).to(ratio.dtype)
+
+    def __repr__(self) -> str:
+        return (f"ResidualShift(kappa={self.kappa}, num_steps={self.num_steps}, min_noise_level="
+                f"{self.min_noise_level}, etas_end={self.etas_end}, power={self.power})")
+
+
 def path_from_diffusers(scheduler_or_config: Any) -> tuple[Path, str]:
     """Map a diffusers scheduler (or its config dict) to the core path and prediction type it implies."""
     config = dict(getattr(scheduler_or_config, "config", scheduler_or_config))

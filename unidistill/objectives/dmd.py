@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from unidistill.denoiser import combine_guidance
 from unidistill.objectives.base import Batch, Context, LossOutput, Objective, check_choice, refuse_unused
 from unidistill.objectives.fake_score import FakeScore, build_fake_score, frozen_params, on_device
+from unidistill.objectives.fidelity import FidelityLoss
 from unidistill.objectives.losses import (
     gradient_surrogate,
     mean_abs_normaliser,
@@ -187,6 +188,9 @@ class DMD2(Objective):
     * ``f_ratio_bins`` — the density ratio is normalised per bin of the DM time (``f_divergence_weight``; 10 as
       FastGen's f-distill, 0 = off).
     * ``teacher_offload`` — keep the teacher on the CPU between calls.
+    * ``fidelity`` — data-fidelity terms (``FidelityLoss``: L2 and a modality's perceptual distance) on the
+      student's output against the paired data ``batch.x0``, added to the student loss (OSEDiff's
+      ``L2 + LPIPS + VSD``, with a LoRA fake score: ``fake_score: {memory: lora}``).
     """
 
     trainable_roles = ("student", "fake_score")
@@ -220,6 +224,7 @@ class DMD2(Objective):
         f_divergence: str = "reverse_kl",
         f_ratio_bins: int = 10,
         teacher_offload: bool = False,
+        fidelity: FidelityLoss | None = None,
     ) -> None:
         if fake_updates_per_student < 1 or student_steps < 1:
             raise ValueError("fake_updates_per_student and student_steps must be >= 1, got "
@@ -243,6 +248,7 @@ class DMD2(Objective):
             refuse_unused(self.name, "f_ratio_bins", f_ratio_bins, 10,
                           "with f_divergence='reverse_kl' (plain DMD: h = 1 whatever the density ratio)")
         self.f_divergence, self.f_ratio_bins, self.teacher_offload = f_divergence, f_ratio_bins, teacher_offload
+        self.fidelity = fidelity
 
     # --- roles and plan ----------------------------------------------------------------------
     def build_roles(self, student: nn.Module, teacher: nn.Module | None) -> dict[str, nn.Module]:
@@ -319,6 +325,9 @@ class DMD2(Objective):
             reg = self.regression_loss(batch, ctx)
             loss = loss + self.regression.weight * reg
             logs["regression"] = reg.detach()
+        if self.fidelity is not None:
+            fid, fid_logs = self.fidelity(x, batch)
+            loss, logs = loss + fid, logs | fid_logs
         return LossOutput(loss, logs)
 
     def fake_score_loss(self, batch: Batch, ctx: Context) -> LossOutput:

@@ -17,6 +17,9 @@ Two modes (docs/formulations.md §8):
 Pairs come from the (guided) teacher on the fly (noise from the context generator, conditions from the
 batch) or from a ``TeacherCache`` (``unidistill.cache``) generated with ``trajectory_times`` equal to the
 student grid (endpoint-only caches suffice for ``k = 1`` and for ``rollout``).
+
+``fidelity`` (a ``FidelityLoss``) adds data-fidelity terms on the student's prediction against the paired data
+``batch.x0``; it needs pairs made on the fly for the batch's conditions (not a cache).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from torch import Tensor
 from unidistill.cache import TeacherCache, solve_with_checkpoints
 from unidistill.denoiser import GuidedDenoiser
 from unidistill.objectives.base import Batch, Context, LossOutput, Objective, check_choice, refuse_unused
+from unidistill.objectives.fidelity import FidelityLoss
 from unidistill.objectives.losses import distance
 from unidistill.solvers import initial_latent, ode_step
 
@@ -50,6 +54,7 @@ class TrajectoryRegression(Objective):
         distance: str = "l2",
         huber_c: float = 1e-3,
         cache: TeacherCache | None = None,
+        fidelity: FidelityLoss | None = None,
     ) -> None:
         if mode not in ("trajectory", "rollout"):
             raise ValueError(f"mode must be 'trajectory' or 'rollout', got {mode!r}")
@@ -66,7 +71,10 @@ class TrajectoryRegression(Objective):
         self.student_steps, self.teacher_steps, self.teacher_solver = student_steps, teacher_steps, teacher_solver
         self.guidance_scale, self.mode = guidance_scale, mode
         self.distance, self.huber_c = distance, huber_c
-        self.cache = cache
+        self.cache, self.fidelity = cache, fidelity
+        if fidelity is not None and cache is not None:
+            raise ValueError("fidelity compares the student with the batch's own data, but a cache pairs it with "
+                             "cached conditions; use pairs made on the fly (cache: null) with fidelity")
         if cache is not None:
             self.needs_teacher = False
 
@@ -78,7 +86,7 @@ class TrajectoryRegression(Objective):
         """Starting unit noise, conditions, and teacher states at every grid time (last = sample)."""
         times = grid.tolist()
         if self.cache is not None:
-            if ctx.teacher is not None:
+            if "teacher" in ctx.roles:  # a cached run loads no teacher (needs_teacher is False)
                 self.cache.check_teacher(ctx.teacher)
             ids = torch.randint(0, len(self.cache), (batch.size,), generator=ctx.generator)
             rec = self.cache.batch(ids)
@@ -119,4 +127,8 @@ class TrajectoryRegression(Objective):
             t = grid.to(ctx.dtype)[j]
             pred = student(x_in, t, cond).x0
         per = distance(pred, target, self.distance, self.huber_c, batch.mask)
-        return LossOutput(per.mean(), {"distance": per.mean().detach()})
+        loss, logs = per.mean(), {"distance": per.mean().detach()}
+        if self.fidelity is not None:
+            fid, fid_logs = self.fidelity(pred, batch)
+            loss, logs = loss + fid, logs | fid_logs
+        return LossOutput(loss, logs)
