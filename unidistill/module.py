@@ -51,8 +51,8 @@ class DistillationModule(L.LightningModule):
             (PNG grids, audio, point clouds, ...) under ``<log_dir>/samples/step_<n>/``.
         max_iterations: stop training after this many iterations (objective plans). Lightning's
             ``trainer.max_steps`` counts every optimizer step instead: a DMD2 cycle of 2 fake-score updates
-            and a student update (2 iterations) is 3 of them, so ``max_steps: 1500`` is 500 student updates there. With both set,
-            the first reached ends the run.
+            and a student update (2 iterations) is 3 of them, so ``max_steps: 1500`` is 500 student updates
+            there. With both set, the first reached ends the run.
         shard_teacher: under Lightning's ``ModelParallelStrategy`` (FSDP2), also ``fully_shard`` the frozen
             teacher's network across the data-parallel mesh (less memory per rank, an all-gather per teacher
             call); by default every rank holds a full replica. The trainable roles are always sharded.

@@ -74,7 +74,8 @@ class SuperResModality(Modality):
                  path_args: dict[str, Any] | None = None, prediction: str = "x0",
                  blocks: list[int] | tuple[int, ...] = (32, 64, 64), layers_per_block: int = 1,
                  regression: bool = False, teacher: str = "random:0", student_init: str | None = None,
-                 warm_start: str | None = None, tile: int = 128, tile_overlap: int = 16, max_pixels: int = 256 * 256) -> None:
+                 warm_start: str | None = None, tile: int = 128, tile_overlap: int = 16,
+                 max_pixels: int = 256 * 256) -> None:
         if latent not in LATENTS:
             raise ValueError(f"unknown latent {latent!r}; valid: {', '.join(LATENTS)}")
         if int(scale) < 1:

@@ -291,7 +291,8 @@ def test_goldens_comparison_flags_regressions_improvements_and_missing_entries()
     assert "REGRESSED" in table and "0.1300" in table
 
 
-@pytest.mark.parametrize("modality", ["gmm", "image", "video", "policy"])
+@pytest.mark.parametrize("modality", ["gmm", "image", "video", "policy", "audio", "superres", "pointcloud",
+                                      "shape_structure", "shape_latent"])
 def test_shipped_goldens_are_complete_and_stamped(modality):
     from unidistill.regress.quality import GOLDENS, quality_configs
 

@@ -64,7 +64,7 @@ GOLDENS = sorted(p.stem for p in (ROOT / "benchmarks" / "goldens").glob("*.json"
 def test_every_registered_task_modality_ships_goldens():
     from unidistill.regress import quality_configs
 
-    assert set(GOLDENS) >= {"gmm", "image", "video", "policy"}
+    assert set(GOLDENS) >= set(EXPECTED_METRIC)  # every modality this repository ships
     for modality in GOLDENS:
         golden = json.loads((ROOT / "benchmarks" / "goldens" / f"{modality}.json").read_text())
         configs = {str(c.relative_to(ROOT)) for c in quality_configs(modality)}
@@ -74,7 +74,8 @@ def test_every_registered_task_modality_ships_goldens():
 
 
 EXPECTED_METRIC = {"gmm": "sliced_wasserstein", "image": "fd_digits", "video": "fvd_moving_digits",
-                   "policy": "action_mse"}
+                   "policy": "action_mse", "audio": "fd_spoken_words", "superres": "st_lpips_alex",
+                   "pointcloud": "fd_shapes", "shape_structure": "mmd_iou", "shape_latent": "chamfer_given_structure"}
 
 
 def test_regression_metric_must_be_one_the_plugin_reports():

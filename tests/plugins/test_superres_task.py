@@ -11,7 +11,6 @@ import pytest
 import torch
 import yaml
 
-
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "photo_sr").glob("*.yaml"))
 
