@@ -1,6 +1,7 @@
 """The mutations ``tests/support/mutations.py`` applies: one-line formula bugs and the fast tests that must catch them.
 
-The first eighteen are the kinds issue #20 found surviving the tests of the time; the rest cover every objective.
+The first eighteen are the kinds issue #20 found surviving the tests of the time; the rest cover every objective,
+the data-fidelity terms and the residual-shifting path.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ C = "tests/unit/test_formulas_consistency.py"
 D = "tests/unit/test_formulas_distribution.py"
 T = "tests/unit/test_formulas_trajectory.py"
 K = "tests/unit/test_formulas_causal.py"
+F = "tests/unit/test_fidelity.py"
+R = "tests/unit/test_residual_shift_path.py"
 OBJ = "unidistill/objectives/"
 
 
@@ -169,4 +172,14 @@ MUTATIONS = [
        "teacher = ctx.teacher",
        "trajectory regression: teacher ODE unguided", T),
     _m("dmd.py", '"js": lambda r: r / (1 + r),', '"js": lambda r: 1 / (1 + r),', "f-distill: JS weight h(r)", D),
+    # --- data fidelity (OSEDiff's L2 + perceptual terms) and ResShift's residual-shifting path ------------------
+    _m("fidelity.py", "loss = loss + self.perceptual_weight * per.mean()", "loss = loss + per.mean()",
+       "fidelity: perceptual weight not applied", F),
+    _m("fidelity.py", "l2 = squared_error(pred, batch.x0, batch.mask).mean()",
+       "l2 = squared_error(pred, batch.x0).mean()", "fidelity: the L2 term ignores the mask", F),
+    _m("dmd.py", "fid, fid_logs = self.fidelity(x, batch)", "fid, fid_logs = self.fidelity(x.detach(), batch)",
+       "DMD2: fidelity gradient cut from the student", F),
+    _m("unidistill/paths.py", "return self.kappa * self.sqrt_eta(t)[0]", "return self.kappa * self.eta(t)",
+       "ResidualShift: sigma = kappa eta instead of kappa sqrt(eta)", R),
+    _m("unidistill/paths.py", "return -2 * s * ds", "return -s * ds", "ResidualShift: d alpha / dt missing 2", R),
 ]

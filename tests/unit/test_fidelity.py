@@ -77,6 +77,15 @@ def test_dmd2_student_loss_gains_exactly_the_fidelity_of_its_output():
     fa = plain.loss("fake_score", batch, ctx_for(roles, SHAPE, it=4))
     fb = with_fid.loss("fake_score", batch, ctx_for(roles, SHAPE, it=4))
     assert torch.equal(fa.loss, fb.loss)
+    # and its gradient reaches the student: d(b - a)/d(theta) is the fidelity's gradient through x = G_theta(z)
+    params = [p for p in roles["student"].parameters() if p.requires_grad]
+    g_a = torch.autograd.grad(plain.loss("student", batch, ctx_for(roles, SHAPE, it=3)).loss, params)
+    g_b = torch.autograd.grad(with_fid.loss("student", batch, ctx_for(roles, SHAPE, it=3)).loss, params)
+    x, _ = student_sample(roles["student"], batch, ctx_for(roles, SHAPE, it=3), 1, grad=True)
+    g_f = torch.autograd.grad(fid(x, batch)[0], params)
+    for ga, gb, gf in zip(g_a, g_b, g_f, strict=True):
+        torch.testing.assert_close(gb - ga, gf, rtol=1e-4, atol=1e-6)
+    assert any(float(gf.abs().max()) > 1e-4 for gf in g_f)
 
 
 def test_trajectory_regression_gains_the_fidelity_and_refuses_a_cache():
