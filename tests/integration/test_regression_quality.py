@@ -37,6 +37,23 @@ def test_quality_tier_writes_goldens_passes_on_a_rerun_and_fails_on_a_regression
     assert "gmm/regression@nfe1" in out and "REGRESSED" in out and "1 regression(s)" in out
 
 
+def test_a_config_with_its_own_checkpoint_callback_runs_in_the_quality_tier(tmp_path):
+    """Configs may carry periodic ``ModelCheckpoint`` callbacks for their own runs (photo_sr does); the quality tier
+    trains without checkpoints, so it must drop them, not fail on Lightning's enable_checkpointing conflict."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "configs" / "gmm" / "regression.yaml").read_text())
+    doc["trainer"]["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                    "init_args": {"save_last": True, "every_n_train_steps": 2}}]
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "regression.yaml").write_text(yaml.safe_dump(doc))
+    main(["regress", "--tier", "quality", "--modality", "gmm", "--configs", str(configs), "--max-steps", "4",
+          "--samples", "64", "--goldens", str(tmp_path), "--workdir", str(tmp_path / "runs"), "--update-goldens"])
+    assert set(json.loads((tmp_path / "gmm.json").read_text())["entries"]) >= {"configs/regression@nfe1"}
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
 def test_partial_golden_update_keeps_the_files_stamp_and_stamps_its_own_entries(tmp_path):
     budget = {"max_steps": 20, "samples": 1024, "seed": 0}
     other = {"objective": "X", "config": "configs/gmm/x.yaml", "nfe": 1, "metric": "sliced_wasserstein",

@@ -139,7 +139,9 @@ def distil_and_measure(config: Path, budget: Budget, workdir: Path) -> list[dict
         extra = [f"--model.objective.init_args.cache.init_args.root={cache}"]
     args = ["fit", "--config", str(config), f"--trainer.default_root_dir={workdir}",
             "--trainer.enable_progress_bar=false", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
-            "--trainer.limit_val_batches=0", "--trainer.enable_model_summary=false", *budget.overrides(),
+            "--trainer.limit_val_batches=0", "--trainer.enable_model_summary=false",
+            "--trainer.callbacks=[]",  # a config's own callbacks (e.g. periodic ModelCheckpoint) do not apply here
+            *budget.overrides(),
             *extra]
     start = time.perf_counter()
     cli = UnidistillCLI(args=args, trainer_defaults={"callbacks": []})
