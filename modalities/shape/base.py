@@ -79,9 +79,9 @@ class ShapeModalityBase(Modality):
     def null_condition(self, cond: Any) -> Any:
         return None if cond is None else torch.zeros_like(cond)
 
-    def export(self, student: Denoiser, out_dir: str | FilePath) -> list[FilePath]:
-        """Safetensors plus a card that also records the geometry and the network arguments."""
-        files = super().export(student, out_dir)
+    def export(self, student: Denoiser, out_dir: str | FilePath, name: str = "student") -> list[FilePath]:
+        """Safetensors plus a card (``<name>.json``) that also records the geometry and the network arguments."""
+        files = super().export(student, out_dir, name)
         card = next(f for f in files if f.suffix == ".json")
         info = json.loads(card.read_text())
         card.write_text(json.dumps({**info, **self.geometry(), "network_args": self.network_args}, indent=2))
