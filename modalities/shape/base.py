@@ -5,6 +5,7 @@ so weights made for another geometry are refused, and the task's evaluator."""
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from pathlib import Path as FilePath
 from typing import Any, Protocol
 
@@ -36,12 +37,13 @@ class ShapeModalityBase(Modality):
         self.prediction = check_prediction_type(prediction)
         self.teacher_source, self.student_init, self.evaluator = teacher, student_init, evaluator
 
+    @abstractmethod
     def new_network(self) -> nn.Module:
-        raise NotImplementedError
+        """A freshly initialised network of this representation."""
 
+    @abstractmethod
     def geometry(self) -> dict[str, Any]:
         """The fields of the latent's geometry a weights card records (e.g. ``num_points``, ``grid``)."""
-        raise NotImplementedError
 
     def card_fields(self) -> dict[str, Any]:
         """What a weights card must agree on for this modality's denoisers to read the weights."""
