@@ -142,7 +142,12 @@ class AudioModality(Modality):
         """A trainable copy of the teacher, with the guidance input when asked for or when ``student_init`` has
         one (post-training a guidance-conditioned student, e.g. adversarially), then ``student_init`` loaded."""
         student = copy.deepcopy(teacher)
-        if guidance_conditioned or self._init_card().get("guidance_input"):
+        takes_guidance = guidance_conditioned or bool(self._init_card().get("guidance_input"))
+        if self.student_guidance is not None and not takes_guidance:
+            raise ValueError(f"student_guidance={self.student_guidance} is only used by a guidance-conditioned "
+                             "student (an objective with a guidance_range, or a student_init whose card has a "
+                             "guidance input); this student has none: remove student_guidance")
+        if takes_guidance:
             student.network.enable_guidance_conditioning()
         self.load_student_init(student.network)
         student.adapter = SpeechDiTAdapter(self.student_guidance)

@@ -130,6 +130,10 @@ def test_a_guidance_conditioned_student_init_keeps_its_guidance_input(tmp_path):
         assert torch.equal(student(batch.x0, t, batch.cond).x0, guided)
     with pytest.raises(ValueError, match="takes a guidance scale and none was given"):
         first(batch.x0, t, batch.cond)
+    # a guidance scale for a student that takes none would be silently ignored: refused instead
+    plain = AudioModality(latent=m.latent, network=m.net_args, text_encoder=None, text_dim=16, student_guidance=2.0)
+    with pytest.raises(ValueError, match="student_guidance=2.0 is only used by a guidance-conditioned"):
+        plain.build_student(teacher)
 
 
 def test_a_teacher_trained_for_another_mel_configuration_is_refused(tmp_path):
