@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from support.training import train_two_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "photo_sr").glob("*.yaml"))
@@ -84,16 +85,7 @@ def test_photo_sr_config_runs_optimizer_steps(config, tmp_path):
         extra.append(f"--model.objective.init_args.cache.init_args.root={root}")
     torch.manual_seed(0)
     module, dm = build(local, extra)
-    dm.setup("fit")
-    data = next(iter(torch.utils.data.DataLoader(dm.train_set, batch_size=2)))
-    batch = module.modality.to_batch(data)
-    opts = module.engine.make_optimizers(module.learning_rate)
-    before = {k: v.clone() for k, v in module.student.state_dict().items()}
-    for it in range(2):
-        logs = module.engine.step(batch, it, opts, grad_clip=1.0)
-        assert logs and all(torch.isfinite(v) for v in logs.values())
-    after = module.student.state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before)
+    batch = train_two_steps(module, dm)
     out = module.sample_student(batch.cond, 2, 1, torch.Generator().manual_seed(0))
     assert out.x.shape == (2, *module.modality.latent_shape) and torch.isfinite(out.x).all()
     metrics = module.modality.metrics(out.x, batch.cond, batch.x0)

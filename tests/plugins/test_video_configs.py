@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.training import train_two_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "moving_digits").glob("*.yaml"))
@@ -55,16 +56,7 @@ def test_moving_digits_config_runs_optimizer_steps(config, tmp_path):
 
     torch.manual_seed(0)
     module, dm = build(config, _overrides(config, tmp_path))
-    dm.setup("fit")
-    data = next(iter(torch.utils.data.DataLoader(dm.train_set, batch_size=2)))
-    batch = module.modality.to_batch(data)
-    opts = module.engine.make_optimizers(module.learning_rate)
-    before = {k: v.clone() for k, v in module.student.state_dict().items()}
-    for it in range(2):
-        logs = module.engine.step(batch, it, opts, grad_clip=1.0)
-        assert logs and all(torch.isfinite(v) for v in logs.values())
-    after = module.student.state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before)
+    batch = train_two_steps(module, dm)
     if config.stem != "teacher":
         assert module.student.network.causal and not module.teacher.network.causal
         out = module.sample_student(batch.cond, 2, 1, torch.Generator().manual_seed(0))
