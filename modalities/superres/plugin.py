@@ -149,9 +149,9 @@ class SuperResModality(Modality):
         load_safetensors(den.network, weights, what, card=self.card_fields())
         return freeze(den)
 
-    def export(self, student: Denoiser, out_dir: str | FilePath) -> list[FilePath]:
-        files = super().export(student, out_dir)
-        card = FilePath(out_dir) / "student.json"
+    def export(self, student: Denoiser, out_dir: str | FilePath, name: str = "student") -> list[FilePath]:
+        files = super().export(student, out_dir, name)
+        card = files[1]
         card.write_text(json.dumps({**json.loads(card.read_text()), **self.card_fields(),
                                     "network_config": self.config}, indent=2))
         return files

@@ -313,3 +313,15 @@ def test_matrix_cell_ids_are_unique():
     ids = [c.id for c in CELLS]
     assert len(ids) == len(set(ids))
     assert isinstance(CELLS[0], Cell)
+
+
+# image exports a diffusers pipeline folder (fixed file names, needs its text encoder): tests/plugins/test_image.py
+@pytest.mark.parametrize("name", sorted(set(available_modalities()) - {"image"}))
+def test_every_registered_modality_exports_under_the_stem_unidistill_export_passes(name, tmp_path):
+    """``unidistill export --name teacher`` calls ``modality.export(student, out, name)``; a plugin whose override
+    drops ``name`` (superres did) breaks every teacher recipe's reproduce command."""
+    from unidistill.modality import get_modality_class
+
+    modality = get_modality_class(name).tiny()
+    files = modality.export(modality.load_teacher(), tmp_path, "teacher")
+    assert {f.name for f in files} >= {"teacher.safetensors", "teacher.json"} and all(f.exists() for f in files)
