@@ -81,6 +81,12 @@ def student_models(specs: list[str]) -> dict[str, tuple[Any, str, str]]:
     return found
 
 
+def repo_relative(path: str) -> str:
+    """A path inside the repository as the README's commands write it (results files are read by users)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else path
+
+
 def default_students() -> list[str]:
     specs = []
     for name in STUDENT_NAMES:
@@ -186,7 +192,8 @@ def main() -> None:
     command = "OMP_NUM_THREADS=1 python benchmarks/superres.py " + " ".join(sys.argv[1:])
     path = write_results(args.name, command.strip(), rows, args.out, extra={
         "quality_metric": "st_lpips_alex", "photos": list(TEST_PHOTOS), "crop": args.crop,
-        "students": {k: v[2] for k, v in students.items()}, "timing_input": "64x64 LR -> 256x256, batch 1"})
+        "students": {k: repo_relative(v[2]) for k, v in students.items()},
+        "timing_input": "64x64 LR -> 256x256, batch 1"})
     print(format_table([{k: v for k, v in r.items() if k not in ("label",)} for r in rows]))
     print(f"wrote {path}")
 
