@@ -112,9 +112,16 @@ class DistillationModule(L.LightningModule):
             raise ValueError(f"{objective.name} cannot distil the {modality.name or type(modality).__name__} "
                              f"modality: {reason}")
         self.schedule = LRSchedule(lr_warmup_iterations, lr_decay_iterations, lr_min_ratio)
-        teacher = modality.load_teacher() if objective.needs_teacher else None
+        # The student starts as the teacher (every distillation paper here does), also when the loss reads its
+        # pairs from a cache and never calls the teacher: then the teacher is loaded to copy and check, then dropped.
+        loads = objective.needs_teacher or objective.init_from_teacher
+        teacher = modality.load_teacher() if loads else None
         guided = objective.student_takes_guidance
         student = modality.build_student(teacher, guided) if teacher is not None else modality.new_denoiser()
+        if teacher is not None:
+            objective.check_teacher(teacher)
+            if not objective.needs_teacher:
+                teacher = None
         self.engine = Engine(objective, student, teacher, latent_shape=tuple(modality.latent_shape), seed=seed,
                              ema_decay=ema_decay, null_condition=modality.null_condition, prior=self._prior)
         # The teacher is kept out of the module's registered children: never in a checkpoint, never

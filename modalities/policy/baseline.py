@@ -19,6 +19,7 @@ class MeanRegression(Objective):
     """Per-sample MSE between the network's x0 output at ``t_max`` and the demonstrated chunk."""
 
     needs_teacher = False
+    init_from_teacher = False  # a baseline trained from data alone
     student_solver = "ddim"
 
     def student_loss(self, batch: Batch, ctx: Context) -> LossOutput:

@@ -248,6 +248,23 @@ def test_perceptual_distance_decodes_residuals_and_passes_gradients():
         st_lpips_alex()(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16))
 
 
+def test_lr_consistency_measurement_decodes_residuals_to_the_lr_input_and_passes_gradients():
+    from modalities.superres.perceptual import LRConsistency
+
+    m = SuperResModality(**{**_tiny_args(), "patch": 32})
+    batch = m.example_batch(2, torch.Generator().manual_seed(0))
+    a = LRConsistency(4, "residual")
+    # the ground-truth residual decodes to the HR image, whose bicubic x4 is the (bicubic-degraded) LR input
+    torch.testing.assert_close(a(batch.x0, batch.cond), batch.cond["lr"], atol=1e-5, rtol=0)
+    hr = batch.x0 + batch.cond["up"]
+    torch.testing.assert_close(LRConsistency(4, "image")(hr, batch.cond), a(batch.x0, batch.cond))
+    pred = batch.x0.clone().requires_grad_(True)
+    a(pred, batch.cond).sum().backward()
+    assert float(pred.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="latent must be"):
+        LRConsistency(4, "rgb")
+
+
 def test_comparison_png_has_one_column_per_row_label(tmp_path):
     from PIL import Image
 

@@ -165,3 +165,50 @@ def test_cli_cache_needs_a_folder(tmp_path):
                                       "        init_args: {{root: {root}}}\n", "").format())
     with pytest.raises(ValueError, match="pass --out"):
         main(["cache", "--config", str(cfg)])
+
+
+GMM_CACHED_REGRESSION = """
+model:
+  modality:
+    class_path: modalities.gmm.GmmModality
+    init_args:
+      mixture: &mixture
+        class_path: modalities.gmm.GaussianMixture
+        init_args: {{dim: 8, num_components: 8, num_classes: 4, seed: 0}}
+      path: rectified_flow
+      prediction: flow
+      teacher: {teacher}
+  objective:
+    class_path: unidistill.objectives.TrajectoryRegression
+    init_args:
+      cache:
+        class_path: unidistill.cache.TeacherCache
+        init_args: {{root: {root}}}
+data:
+  class_path: tasks.gmm.GmmDataModule
+  init_args:
+    mixture: *mixture
+    batch_size: 8
+"""
+
+
+def test_a_cached_regression_student_starts_as_the_teacher_and_keeps_no_teacher(tmp_path):
+    """SinSR and Luhman & Luhman start the student from the teacher; a cache makes the teacher's calls needless, not
+    its weights. The run loads the teacher to copy it, checks the cache against it, and then drops it."""
+    from unidistill.cli import main
+    from unidistill.runs import build
+
+    mlp = "tasks/gmm/weights/mlp_teacher.safetensors"
+    cfg = tmp_path / "regression.yaml"
+    cfg.write_text(GMM_CACHED_REGRESSION.format(teacher=mlp, root=tmp_path / "cache"))
+    main(["cache", "--config", str(cfg), "--samples", "8", "--shard-size", "8", "--solver", "euler", "--steps", "2"])
+    module, _ = build(cfg)
+    assert module.teacher is None and "teacher" not in module.engine.roles()
+    teacher = module.modality.load_teacher()
+    for name, value in teacher.network.state_dict().items():
+        assert torch.equal(module.student.network.state_dict()[name], value), name
+    # a cache made by another teacher is refused when the run is built, before any step
+    other = tmp_path / "other.yaml"
+    other.write_text(GMM_CACHED_REGRESSION.format(teacher="analytic", root=tmp_path / "cache"))
+    with pytest.raises(ValueError, match="configured teacher"):
+        build(other)

@@ -11,7 +11,7 @@ from test_objectives_distribution import ctx_for, setup
 
 from unidistill.objectives import DMD2, Batch, TrajectoryRegression
 from unidistill.objectives.dmd import student_sample
-from unidistill.objectives.fidelity import FidelityLoss, PerceptualDistance
+from unidistill.objectives.fidelity import FidelityLoss, Measurement, PerceptualDistance
 
 SHAPE = (3, 4, 4)
 
@@ -46,6 +46,31 @@ def test_value_is_the_weighted_sum_of_per_sample_terms_and_the_gradient_is_analy
     assert torch.allclose(pred.grad, analytic, atol=1e-7)
 
 
+class PairSum(Measurement):
+    """A linear degradation: sums neighbouring pairs along the last axis, then adds the condition (a shift, as a
+    decoder's ``latent + up`` would)."""
+
+    def __call__(self, latent, cond):
+        return latent.unflatten(-1, (-1, 2)).sum(-1) + cond
+
+
+def test_measurement_term_is_the_mse_of_the_degraded_pair_and_its_gradient_is_analytic():
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(3, 4, generator=g)
+    pred = torch.randn(3, 4, generator=g, requires_grad=True)
+    cond = torch.randn(3, 1, generator=g)
+    fid = FidelityLoss(l2_weight=0.0, measurement_weight=3.0, measurement=PairSum())
+    loss, logs = fid(pred, Batch(x0, cond))
+    r = (pred - x0).detach().unflatten(-1, (-1, 2)).sum(-1)       # A(pred) - A(x0): the shift cancels
+    assert torch.allclose(loss, 3.0 * (r ** 2).mean()) and torch.allclose(logs["fidelity_measurement"], (r ** 2).mean())
+    loss.backward()
+    analytic = (3.0 * 2 * r / r.numel()).repeat_interleave(2, dim=-1)  # A^T applied to the residual
+    assert torch.allclose(pred.grad, analytic, atol=1e-7)
+    # what A cannot see costs nothing: a change in the null space of A (pair differences) leaves the term unchanged
+    null = torch.tensor([1.0, -1.0, 2.0, -2.0])
+    assert torch.allclose(fid(pred.detach() + null, Batch(x0, cond))[0], loss.detach())
+
+
 def test_masked_elements_do_not_count():
     x0 = torch.zeros(2, 4)
     pred = torch.tensor([[1.0, 1.0, 5.0, 5.0], [2.0, 2.0, 2.0, 2.0]])
@@ -59,6 +84,8 @@ def test_bad_settings_and_data_free_batches_are_refused():
         FidelityLoss(perceptual_weight=1.0)
     with pytest.raises(ValueError, match="l2_weight=-1"):
         FidelityLoss(l2_weight=-1)
+    with pytest.raises(ValueError, match="degradation operator"):
+        FidelityLoss(measurement_weight=1.0)
     with pytest.raises(ValueError, match="data-free"):
         FidelityLoss()(torch.zeros(2, 3), Batch(None, size=2))
 

@@ -3,7 +3,9 @@
 An objective never touches Lightning. It declares
 
 * ``trainable_roles``: the roles that get an optimizer (always ``student``, plus e.g. ``fake_score``);
-* ``needs_teacher`` and ``target_decay`` (an EMA/stop-grad copy of the student kept by the caller);
+* ``needs_teacher`` (the loss calls the teacher), ``init_from_teacher`` (the student starts as a copy of the
+  teacher, loaded for that alone when the loss does not need it) and ``target_decay`` (an EMA/stop-grad copy of
+  the student kept by the caller);
 * ``build_roles``: auxiliary trainable networks it owns (a fake score, a discriminator head);
 * ``plan(iteration)``: the updates of one training iteration, in order; an update is a role name, or several
   joined by ``+`` (``"student+logvar"``) when one loss steps several roles' optimizers (one backward);
@@ -111,9 +113,14 @@ class Objective:
 
     trainable_roles: tuple[str, ...] = ("student",)
     needs_teacher: bool = True
+    init_from_teacher: bool = True
     target_decay: float | None = None
     #: how the trained student samples: a solver name from ``unidistill.solvers.SOLVERS``
     student_solver: str = "consistency"
+
+    def check_teacher(self, teacher: nn.Module) -> None:
+        """Refuse a teacher the objective's own inputs were not made with (e.g. a teacher cache's); called once
+        with the teacher the student is initialised from, also when the loss never calls it."""
 
     @property
     def student_solver_kwargs(self) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class DenoisingObjective(Objective):
     prediction space, or in ``loss_space`` (``x0``, ``eps``, ``v`` or ``flow``; see the module docstring)."""
 
     needs_teacher = False
+    init_from_teacher = False  # it trains the teacher
     student_solver = "heun"
 
     @classmethod

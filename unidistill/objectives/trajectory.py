@@ -16,7 +16,9 @@ Two modes (docs/formulations.md §8):
 
 Pairs come from the (guided) teacher on the fly (noise from the context generator, conditions from the
 batch) or from a ``TeacherCache`` (``unidistill.cache``) generated with ``trajectory_times`` equal to the
-student grid (endpoint-only caches suffice for ``k = 1`` and for ``rollout``).
+student grid (endpoint-only caches suffice for ``k = 1`` and for ``rollout``). Either way the student starts as
+the teacher (``init_from_teacher``, as Luhman & Luhman and SinSR do); with a cache the teacher is loaded for that
+alone, and the cache is refused if another teacher made it.
 
 ``fidelity`` (a ``FidelityLoss``) adds data-fidelity terms on the student's prediction against the paired data
 ``batch.x0``; it needs pairs made on the fly for the batch's conditions (not a cache).
@@ -27,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from unidistill.cache import TeacherCache, solve_with_checkpoints
 from unidistill.denoiser import GuidedDenoiser
@@ -55,6 +57,7 @@ class TrajectoryRegression(Objective):
         huber_c: float = 1e-3,
         cache: TeacherCache | None = None,
         fidelity: FidelityLoss | None = None,
+        init_from_teacher: bool = True,
     ) -> None:
         if mode not in ("trajectory", "rollout"):
             raise ValueError(f"mode must be 'trajectory' or 'rollout', got {mode!r}")
@@ -76,7 +79,12 @@ class TrajectoryRegression(Objective):
             raise ValueError("fidelity compares the student with the batch's own data, but a cache pairs it with "
                              "cached conditions; use pairs made on the fly (cache: null) with fidelity")
         if cache is not None:
-            self.needs_teacher = False
+            self.needs_teacher = False  # the pairs are read, not solved; the teacher is loaded only to start from
+        self.init_from_teacher = init_from_teacher
+
+    def check_teacher(self, teacher: nn.Module) -> None:
+        if self.cache is not None:
+            self.cache.check_teacher(teacher)
 
     @property
     def cache_trajectory_steps(self) -> int:
