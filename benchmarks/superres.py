@@ -42,7 +42,7 @@ from unidistill.bench import format_table, write_results  # noqa: E402
 from unidistill.metrics import paired_ratio, paired_times, timed  # noqa: E402
 
 WEIGHTS = ROOT / "tasks" / "photo_sr" / "weights"
-STUDENT_NAMES = ["sinsr", "dmd2", "consistency", "adversarial", "reflow"]
+STUDENT_NAMES = ["sinsr", "dmd2", "dmd2_lr", "consistency", "adversarial", "reflow"]
 #: where the zoomed crop of each held-out photo sits in its (centre-cropped) frame: (top, left, side)
 ZOOM = {"chelsea": (90, 100, 48), "coffee": (60, 120, 48), "flower": (100, 80, 48)}
 
