@@ -212,3 +212,8 @@ def test_a_cached_regression_student_starts_as_the_teacher_and_keeps_no_teacher(
     other.write_text(GMM_CACHED_REGRESSION.format(teacher="analytic", root=tmp_path / "cache"))
     with pytest.raises(ValueError, match="configured teacher"):
         build(other)
+    # reflow reads the same cache for its first round: refused when built, too
+    reflow = tmp_path / "reflow.yaml"
+    reflow.write_text(other.read_text().replace("TrajectoryRegression", "Reflow"))
+    with pytest.raises(ValueError, match="configured teacher"):
+        build(reflow)

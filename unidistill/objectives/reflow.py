@@ -87,6 +87,10 @@ class Reflow(Objective):
         """Reflow round index, or ``rounds`` for the distillation stage."""
         return min(iteration // self.round_length, self.rounds)
 
+    def check_teacher(self, teacher: nn.Module) -> None:
+        if self.cache is not None:
+            self.cache.check_teacher(teacher)
+
     def build_roles(self, student: nn.Module, teacher: nn.Module | None) -> dict[str, nn.Module]:
         return {"phase_teacher": PhaseTeacher(student)}
 
