@@ -117,7 +117,8 @@ class DistillationModule(L.LightningModule):
         loads = objective.needs_teacher or objective.init_from_teacher
         teacher = modality.load_teacher() if loads else None
         guided = objective.student_takes_guidance
-        student = modality.build_student(teacher, guided) if teacher is not None else modality.new_denoiser()
+        from_teacher = teacher is not None and objective.init_from_teacher
+        student = modality.build_student(teacher, guided) if from_teacher else modality.new_denoiser()
         if teacher is not None:
             objective.check_teacher(teacher)
             if not objective.needs_teacher:

@@ -207,6 +207,11 @@ def test_a_cached_regression_student_starts_as_the_teacher_and_keeps_no_teacher(
     teacher = module.modality.load_teacher()
     for name, value in teacher.network.state_dict().items():
         assert torch.equal(module.student.network.state_dict()[name], value), name
+    # init_from_teacher: false starts from the modality's fresh network instead (e.g. when no teacher weights exist)
+    fresh, _ = build(cfg, ["--model.objective.init_args.init_from_teacher=false"])
+    assert fresh.teacher is None
+    fresh_weights = fresh.student.network.state_dict()
+    assert any(not torch.equal(fresh_weights[k], v) for k, v in teacher.network.state_dict().items())
     # a cache made by another teacher is refused when the run is built, before any step
     other = tmp_path / "other.yaml"
     other.write_text(GMM_CACHED_REGRESSION.format(teacher="analytic", root=tmp_path / "cache"))
