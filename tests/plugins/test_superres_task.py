@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from support.training import train_two_steps
+from support.training import build_trained
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "photo_sr").glob("*.yaml"))
@@ -76,19 +76,8 @@ def _local_config(config: Path, tmp: Path) -> Path:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
 def test_photo_sr_config_runs_optimizer_steps(config, tmp_path):
-    from unidistill.cli import main
-    from unidistill.runs import build
-
     local = _local_config(config, tmp_path)
-    extra = ["--model.objective.init_args.fake_updates_per_student=1"] if "fake_updates" in config.read_text() else []
-    if "TeacherCache" in config.read_text():
-        root = tmp_path / "cache"
-        main(["cache", "--config", str(local), "--out", str(root), "--samples", "4", "--steps", "2",
-              "--shard-size", "4", "--solver", "ddim"])
-        extra.append(f"--model.objective.init_args.cache.init_args.root={root}")
-    torch.manual_seed(0)
-    module, dm = build(local, extra)
-    batch = train_two_steps(module, dm)
+    module, batch = build_trained(local, config.read_text(), tmp_path, "ddim")
     out = module.sample_student(batch.cond, 2, 1, torch.Generator().manual_seed(0))
     assert out.x.shape == (2, *module.modality.latent_shape) and torch.isfinite(out.x).all()
     metrics = module.modality.metrics(out.x, batch.cond, batch.x0)
