@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modalities.shape import (  # noqa: E402
-    PointCloudModality,
     StructuredLatentModality,
     StructureModality,
     TwoStagePipeline,
     points_mesh,
+    points_modality_from_card,
     render_views,
     save_glb,
     save_ply,
@@ -90,7 +90,7 @@ def concept_gaussians(count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 
 def points_part(args: argparse.Namespace, evaluator: ShapesEvaluator, out_dir: Path) -> list[dict[str, Any]]:
-    modality = PointCloudModality(teacher=str(args.points_teacher), evaluator=evaluator)
+    modality = points_modality_from_card(args.points_teacher, evaluator=evaluator)
     ref, cond, bank = reference_set("points", args.samples)
     other, other_cond, _ = reference_set("points", args.samples, offset=args.samples)
     shape = modality.latent_shape

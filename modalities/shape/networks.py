@@ -32,10 +32,11 @@ class _TokenNetwork(nn.Module):
     """Conditioning, a stack of ``blocks`` (the name the core's feature-layer default looks for) and a final
     layer; subclasses embed their latent as tokens and read tokens back."""
 
-    def __init__(self, dim: int, depth: int, heads: int, cond_dim: int, out: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, depth: int, heads: int, cond_dim: int, out: int, mlp_ratio: float,
+                 text_layers: int = 1) -> None:
         super().__init__()
         self.dim, self.cond_dim = dim, cond_dim
-        self.cond = Conditioning(dim, cond_dim)
+        self.cond = Conditioning(dim, cond_dim, text_layers)
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.final = FinalLayer(dim, out)
 
@@ -62,11 +63,12 @@ class _TokenNetwork(nn.Module):
 
 
 class PointTransformer(_TokenNetwork):
-    """Point clouds ``[B, N, 3]`` (any ``N``); ``cond`` a caption embedding ``[B, cond_dim]`` or ``None``."""
+    """Point clouds ``[B, N, 3]`` (any ``N``); ``cond`` a caption embedding ``[B, cond_dim]`` or ``None``
+    (``text_layers``: see ``Conditioning``)."""
 
     def __init__(self, dim: int = 64, depth: int = 4, heads: int = 4, cond_dim: int = 384, frequencies: int = 4,
-                 mlp_ratio: float = 2.0) -> None:
-        super().__init__(dim, depth, heads, cond_dim, 3, mlp_ratio)
+                 mlp_ratio: float = 2.0, text_layers: int = 1) -> None:
+        super().__init__(dim, depth, heads, cond_dim, 3, mlp_ratio, text_layers)
         self.frequencies = frequencies
         self.embed = nn.Linear(3 + 6 * frequencies, dim)
 

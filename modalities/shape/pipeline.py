@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from modalities.shape.pointcloud import PointCloudModality
 from modalities.shape.structured import StructuredLatentModality, StructureModality, check_same_grid
 from unidistill.solvers import SampleResult
 
@@ -94,3 +95,14 @@ def modalities_from_cards(stage1_weights: str | FilePath, stage2_weights: str | 
     latent = StructuredLatentModality(**a2, points_per_voxel=c2["points_per_voxel"], teacher=str(stage2_weights),
                                       prediction=c2["prediction"], **evaluator)
     return structure, latent
+
+
+def points_modality_from_card(weights: str | FilePath, **evaluator: Any) -> PointCloudModality:
+    """The point-cloud modality its weights card describes (point count, network arguments), teacher set to
+    ``weights``: a script that scores a shipped or exported teacher need not repeat its network arguments."""
+    card = read_card(weights)
+    if card.get("modality") != "pointcloud":
+        raise ValueError(f"{str(weights)!r} holds {card.get('modality')!r} weights, expected 'pointcloud'")
+    return PointCloudModality(num_points=card["num_points"], **card["network_args"], teacher=str(weights),
+                              prediction=card["prediction"], **evaluator)
+

@@ -26,7 +26,8 @@ class PointCloudModality(ShapeModalityBase):
 
     Args:
         num_points: points per cloud (the latent shape; recorded in weights cards).
-        dim, depth, heads, frequencies, mlp_ratio: the ``PointTransformer``; ``cond_dim``: caption embedding size.
+        dim, depth, heads, frequencies, mlp_ratio: the ``PointTransformer``; ``cond_dim``: caption embedding size;
+            ``text_layers``: 1 (a linear caption embedding) or 2 (an MLP; recorded in the card only when 2).
         path, prediction: the noise path and what the network predicts.
         teacher: safetensors of the teacher (with its card), or ``"random:<seed>"`` (a seeded random network).
         student_init: optional safetensors to start the student (or a continued teacher) from.
@@ -37,7 +38,7 @@ class PointCloudModality(ShapeModalityBase):
     name = "pointcloud"
 
     def __init__(self, num_points: int = 256, dim: int = 64, depth: int = 4, heads: int = 4, cond_dim: int = 384,
-                 frequencies: int = 4, mlp_ratio: float = 2.0, path: str = "rectified_flow",
+                 frequencies: int = 4, mlp_ratio: float = 2.0, text_layers: int = 1, path: str = "rectified_flow",
                  prediction: str = "flow", teacher: str = "random:0", student_init: str | None = None,
                  evaluator: ShapeEvaluator | None = None, save_meshes: bool = True) -> None:
         if num_points < 2:
@@ -46,6 +47,8 @@ class PointCloudModality(ShapeModalityBase):
         self.num_points, self.cond_dim, self.save_meshes = num_points, cond_dim, save_meshes
         self.network_args = {"dim": dim, "depth": depth, "heads": heads, "cond_dim": cond_dim,
                              "frequencies": frequencies, "mlp_ratio": float(mlp_ratio)}
+        if text_layers != 1:
+            self.network_args["text_layers"] = text_layers
 
     @property
     def regression_metric(self) -> tuple[str, bool] | None:

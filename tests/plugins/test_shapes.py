@@ -21,6 +21,7 @@ from modalities.shape import (
     modalities_from_cards,
     occupancy_mesh,
     points_mesh,
+    points_modality_from_card,
     save_glb,
     save_ply,
 )
@@ -260,6 +261,24 @@ def test_weights_cards_carry_the_geometry_and_refuse_another(tmp_path):
     args = {k: v for k, v in StructuredLatentModality.tiny().network_args.items() if k not in ("features", "grid")}
     with pytest.raises(ValueError, match="grid: weights 4, configured 8"):  # patch 2 divides 8 too
         StructuredLatentModality(grid=8, points_per_voxel=2, teacher=str(w2), **args).load_teacher()
+
+
+def test_an_mlp_caption_embedding_is_recorded_in_the_card_and_a_linear_one_refused(tmp_path):
+    tiny = PointCloudModality.tiny().network_args
+    mlp = PointCloudModality(num_points=32, save_meshes=False, **{**tiny, "text_layers": 2})
+    assert isinstance(mlp.new_network().cond.text, torch.nn.Sequential)
+    assert "text_layers" not in tiny  # old cards (linear embedding) keep reading as they are
+    weights, card = _export(mlp, tmp_path, "points_mlp")
+    assert card["network_args"]["text_layers"] == 2
+    PointCloudModality(num_points=32, teacher=str(weights), **{**tiny, "text_layers": 2}).load_teacher()
+    with pytest.raises(ValueError, match="text_layers"):
+        PointCloudModality(num_points=32, teacher=str(weights), **tiny).load_teacher()
+    from_card = points_modality_from_card(weights)  # what a scoring script builds from the card alone
+    assert from_card.network_args == mlp.network_args and from_card.num_points == 32
+    teacher, x = from_card.load_teacher(), torch.randn(2, 32, 3)
+    assert teacher.network(x, torch.rand(2), torch.randn(2, 8)).shape == x.shape
+    with pytest.raises(ValueError, match="text_layers must be 1 .* or 2 .*, got 3"):
+        PointTransformer(dim=16, depth=1, heads=2, cond_dim=8, text_layers=3)
 
 
 def test_a_stage_two_of_another_grid_is_refused_by_the_cards(tmp_path):
