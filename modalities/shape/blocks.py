@@ -33,6 +33,13 @@ def fourier_features(coords: Tensor, num_frequencies: int) -> Tensor:
     return torch.cat([coords, angles.sin(), angles.cos()], dim=-1)
 
 
+def check_text_layers(text_layers: int) -> int:
+    """``text_layers`` is 1 (a linear caption embedding) or 2 (an MLP); anything else is refused when configured."""
+    if text_layers not in (1, 2):
+        raise ValueError(f"text_layers must be 1 (linear) or 2 (an MLP), got {text_layers}")
+    return text_layers
+
+
 class Conditioning(nn.Module):
     """The per-sample conditioning vector ``c [B, D]``: time, an optional caption embedding and, once
     ``enable_guidance`` is called, a zero-initialised second scalar (an LCM guidance scale, a flow-map jump).
@@ -43,8 +50,7 @@ class Conditioning(nn.Module):
 
     def __init__(self, dim: int, cond_dim: int, text_layers: int = 1) -> None:
         super().__init__()
-        if text_layers not in (1, 2):
-            raise ValueError(f"text_layers must be 1 (linear) or 2 (an MLP), got {text_layers}")
+        check_text_layers(text_layers)
         self.dim = dim
         self.time = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.text: nn.Module | None = None

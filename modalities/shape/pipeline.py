@@ -78,14 +78,19 @@ def read_card(weights: str | FilePath) -> dict[str, Any]:
     return json.loads(card.read_text())
 
 
+def _card_for(weights: str | FilePath, modality: str) -> dict[str, Any]:
+    """``weights``' card, refused unless it records ``modality``."""
+    card = read_card(weights)
+    if card.get("modality") != modality:
+        raise ValueError(f"{str(weights)!r} holds {card.get('modality')!r} weights, expected {modality!r}")
+    return card
+
+
 def modalities_from_cards(stage1_weights: str | FilePath, stage2_weights: str | FilePath,
                           **evaluator: Any) -> tuple[StructureModality, StructuredLatentModality]:
     """Both stages' modalities built from their weights cards, teachers set to those weights; a pair whose cards
     record different grids (or the wrong stage) is refused before any weights are read."""
-    c1, c2 = read_card(stage1_weights), read_card(stage2_weights)
-    for card, want, path in ((c1, "shape_structure", stage1_weights), (c2, "shape_latent", stage2_weights)):
-        if card.get("modality") != want:
-            raise ValueError(f"{str(path)!r} holds {card.get('modality')!r} weights, expected {want!r}")
+    c1, c2 = _card_for(stage1_weights, "shape_structure"), _card_for(stage2_weights, "shape_latent")
     if c1.get("grid") != c2.get("grid"):
         raise ValueError(f"stage 1 {str(stage1_weights)!r} was trained on a {c1.get('grid')}^3 grid but stage 2 "
                          f"{str(stage2_weights)!r} on a {c2.get('grid')}^3 grid; they cannot be chained")
@@ -100,9 +105,6 @@ def modalities_from_cards(stage1_weights: str | FilePath, stage2_weights: str | 
 def points_modality_from_card(weights: str | FilePath, **evaluator: Any) -> PointCloudModality:
     """The point-cloud modality its weights card describes (point count, network arguments), teacher set to
     ``weights``: a script that scores a shipped or exported teacher need not repeat its network arguments."""
-    card = read_card(weights)
-    if card.get("modality") != "pointcloud":
-        raise ValueError(f"{str(weights)!r} holds {card.get('modality')!r} weights, expected 'pointcloud'")
+    card = _card_for(weights, "pointcloud")
     return PointCloudModality(num_points=card["num_points"], **card["network_args"], teacher=str(weights),
                               prediction=card["prediction"], **evaluator)
-

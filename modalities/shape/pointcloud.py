@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from modalities.shape.base import ShapeEvaluator, ShapeModalityBase
+from modalities.shape.blocks import check_text_layers
 from modalities.shape.export import points_mesh, render_views, save_glb, save_ply
 from modalities.shape.networks import PointTransformer
 from unidistill.batch import Batch
@@ -47,7 +48,7 @@ class PointCloudModality(ShapeModalityBase):
         self.num_points, self.cond_dim, self.save_meshes = num_points, cond_dim, save_meshes
         self.network_args = {"dim": dim, "depth": depth, "heads": heads, "cond_dim": cond_dim,
                              "frequencies": frequencies, "mlp_ratio": float(mlp_ratio)}
-        if text_layers != 1:
+        if check_text_layers(text_layers) != 1:
             self.network_args["text_layers"] = text_layers
 
     @property

@@ -279,6 +279,11 @@ def test_an_mlp_caption_embedding_is_recorded_in_the_card_and_a_linear_one_refus
     assert teacher.network(x, torch.rand(2), torch.randn(2, 8)).shape == x.shape
     with pytest.raises(ValueError, match="text_layers must be 1 .* or 2 .*, got 3"):
         PointTransformer(dim=16, depth=1, heads=2, cond_dim=8, text_layers=3)
+    with pytest.raises(ValueError, match="text_layers must be 1 .* or 2 .*, got 0"):
+        PointCloudModality(num_points=32, text_layers=0)  # refused when configured, before any network is built
+    w2, _ = _export(StructureModality.tiny(), tmp_path, "s1")
+    with pytest.raises(ValueError, match="holds 'shape_structure' weights, expected 'pointcloud'"):
+        points_modality_from_card(w2)
 
 
 def test_a_stage_two_of_another_grid_is_refused_by_the_cards(tmp_path):
